@@ -1,0 +1,26 @@
+"""busloop's runtime: the training loop, its event bus, config, checkpoints and trackers.
+
+>>> from runtime import Runtime, Callback
+"""
+
+from runtime.bus import EVENTS, Bus, BusError, CallbackError, StopEvent
+from runtime.callback import Callback
+from runtime.config import Config, ConfigError, load_config
+from runtime.loop import Runtime, seed_everything, select_device
+from runtime.state import LoopState
+
+__all__ = [
+    "EVENTS",
+    "Bus",
+    "BusError",
+    "Callback",
+    "CallbackError",
+    "Config",
+    "ConfigError",
+    "LoopState",
+    "Runtime",
+    "StopEvent",
+    "load_config",
+    "seed_everything",
+    "select_device",
+]

@@ -1,0 +1,373 @@
+"""The event bus: one ordered blinker signal per event, receivers called in connection order.
+
+The loop emits named events; callbacks subscribe with ``on_<event>`` methods. The whole
+catalogue, as the loop emits it during ``fit`` (Lightning 2.6 order)::
+
+    setup(stage)  fit_start
+    sanity_check_start  <validation block>  sanity_check_end
+    train_start
+    for each epoch:
+        train_epoch_start
+        for each batch:
+            train_batch_start(batch, batch_idx)
+            [training_step]
+            before_zero_grad(optimizer)      # first micro-batch of an accumulation window
+            before_backward(loss)  [backward]  after_backward
+            before_optimizer_step(optimizer) # only when the optimizer steps
+            [optimizer.step; global_step += 1; step-interval schedulers]
+            train_batch_end(outputs, batch, batch_idx)
+            <validation block when due>
+        epoch_metrics(stage="train", metrics)
+        train_epoch_end
+        [ReduceLROnPlateau steps]
+    train_end  fit_end  teardown(stage)
+
+    validation block:
+        validation_start  validation_epoch_start
+        validation_batch_start(batch, batch_idx, dataloader_idx)  [validation_step]
+        validation_batch_end(outputs, batch, batch_idx, dataloader_idx)
+        epoch_metrics(stage="val", metrics)  validation_epoch_end  validation_end
+
+``test`` and ``predict`` follow the same block shape with ``setup``/``teardown`` around it.
+On an error: ``exception(exception)`` fires once and the error propagates.
+
+Receivers are called as ``fn(runtime, **payload)``. A receiver stops an event from reaching
+later receivers by raising :class:`StopEvent`; ``emit`` then returns ``False``.
+
+Speed: each signal keeps a pre-resolved tuple of receivers (``dispatch``), rebuilt only when
+receivers connect or disconnect, so emitting costs one loop over bound methods and an event
+with no receivers costs one truth test. Signatures are checked once, at connect time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import blinker
+
+__all__ = [
+    "EVENTS",
+    "Bus",
+    "BusError",
+    "CallbackError",
+    "OrderedSignal",
+    "StopEvent",
+    "receiver_name",
+]
+
+
+_BATCH = ("batch", "batch_idx")
+_EVAL_BATCH = ("batch", "batch_idx", "dataloader_idx")
+
+#: The event catalogue: event name -> payload keyword names (in emit order).
+EVENTS: dict[str, tuple[str, ...]] = {
+    "setup": ("stage",),
+    "teardown": ("stage",),
+    "fit_start": (),
+    "fit_end": (),
+    "sanity_check_start": (),
+    "sanity_check_end": (),
+    "train_start": (),
+    "train_end": (),
+    "train_epoch_start": (),
+    "train_epoch_end": (),
+    "train_batch_start": _BATCH,
+    "train_batch_end": ("outputs", *_BATCH),
+    "before_backward": ("loss",),
+    "after_backward": (),
+    "before_optimizer_step": ("optimizer",),
+    "before_zero_grad": ("optimizer",),
+    **{
+        f"{stage}_{when}": ()
+        for stage in ("validation", "test", "predict")
+        for when in ("start", "end", "epoch_start", "epoch_end")
+    },
+    **{f"{stage}_batch_start": _EVAL_BATCH for stage in ("validation", "test", "predict")},
+    **{
+        f"{stage}_batch_end": ("outputs", *_EVAL_BATCH)
+        for stage in ("validation", "test", "predict")
+    },
+    "exception": ("exception",),
+    "save_checkpoint": ("checkpoint",),
+    "load_checkpoint": ("checkpoint",),
+    # busloop's own events
+    "epoch_metrics": ("stage", "metrics"),
+    "checkpoint_written": ("path", "monitor", "score"),
+    "artifact_produced": ("kind", "path"),
+    "interrupt_received": ("signal",),
+}
+
+#: One-line descriptions of busloop's own events (Lightning's are documented by Lightning).
+EVENT_DOCS: dict[str, str] = {
+    "epoch_metrics": "a stage's epoch metrics were reduced into state.metrics",
+    "checkpoint_written": "a checkpoint file was written (monitor/score may be None)",
+    "artifact_produced": "a file was produced: kind is 'onnx', 'archive', 'blob', ...",
+    "interrupt_received": "SIGINT/SIGTERM arrived during fit (signal is its number)",
+}
+
+
+class BusError(ValueError):
+    """A callback or receiver cannot be connected: unknown event or incompatible signature."""
+
+
+class StopEvent(Exception):  # noqa: N818 - it is a control-flow signal, not an error
+    """Raise inside a receiver to keep the current event from reaching later receivers."""
+
+
+class CallbackError(RuntimeError):
+    """A receiver raised; the message names the callback and the event.
+
+    The original exception is ``__cause__`` and :attr:`original`.
+    """
+
+    def __init__(self, callback: str, event: str, original: BaseException) -> None:
+        super().__init__(
+            f"callback {callback} failed in event '{event}': "
+            f"{type(original).__name__}: {original}"
+        )
+        self.callback = callback
+        self.event = event
+        self.original = original
+
+
+def receiver_name(receiver: Callable[..., Any]) -> str:
+    """A readable name for a receiver: ``ClassName.on_event`` or a function's qualname."""
+    owner = getattr(receiver, "__self__", None)
+    func = getattr(receiver, "__func__", receiver)
+    name = getattr(func, "__name__", repr(func))
+    if owner is not None:
+        return f"{type(owner).__name__}.{name}"
+    return getattr(func, "__qualname__", name)
+
+
+class _OrderedIdSet:
+    """The insertion-ordered set blinker uses to keep receiver ids in connection order."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        self._items: dict[Any, None] = dict.fromkeys(items)
+
+    def add(self, item: Any) -> None:
+        self._items[item] = None
+
+    def discard(self, item: Any) -> None:
+        self._items.pop(item, None)
+
+    def copy(self) -> _OrderedIdSet:
+        return _OrderedIdSet(self._items)
+
+    def __or__(self, other: Iterable[Any]) -> _OrderedIdSet:
+        merged = self.copy()
+        for item in other:
+            merged.add(item)
+        return merged
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+
+class OrderedSignal(blinker.NamedSignal):
+    """A blinker signal that calls receivers in connection order, through a cached tuple."""
+
+    set_class = _OrderedIdSet  # type: ignore[assignment]
+
+    def __init__(self, name: str, doc: str | None = None) -> None:
+        super().__init__(name, doc)
+        #: The receivers in call order; rebuilt on every connect / disconnect.
+        self.dispatch: tuple[Callable[..., Any], ...] = ()
+
+    def connect(self, receiver: Any, sender: Any = blinker.ANY, weak: bool = True) -> Any:
+        result = super().connect(receiver, sender, weak)
+        self._rebuild()
+        return result
+
+    def _disconnect(self, receiver_id: Any, sender_id: Any) -> None:
+        super()._disconnect(receiver_id, sender_id)
+        self._rebuild()
+
+    def _clear_state(self) -> None:
+        super()._clear_state()
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.dispatch = tuple(self.receivers_for(blinker.ANY))
+
+    def emit(self, sender: Any, /, **payload: Any) -> bool:
+        """Call every receiver as ``fn(sender, **payload)``, in order.
+
+        Returns ``False`` when a receiver raised :class:`StopEvent`, ``True`` otherwise.
+        Any other exception is re-raised as :class:`CallbackError` naming the receiver.
+        """
+        receiver: Callable[..., Any] | None = None
+        try:
+            for receiver in self.dispatch:
+                receiver(sender, **payload)
+        except StopEvent:
+            return False
+        except CallbackError:
+            raise
+        except Exception as exc:
+            raise CallbackError(receiver_name(receiver), self.name, exc) from exc  # type: ignore[arg-type]
+        return True
+
+
+class Bus:
+    """The runtime's events: one :class:`OrderedSignal` per event name.
+
+    ``bus.signals`` maps names to signals; ``bus.event.<name>`` is the same signal as an
+    attribute, which is what the loop uses on its hot path.
+    """
+
+    def __init__(self) -> None:
+        self.namespace = blinker.Namespace()
+        self.payloads: dict[str, tuple[str, ...]] = {}
+        self.signals: dict[str, OrderedSignal] = {}
+        self.event = _EventAttributes(self.signals)
+        for name, payload in EVENTS.items():
+            self.declare(name, payload, doc=EVENT_DOCS.get(name))
+
+    # -- events -------------------------------------------------------------------
+    def declare(
+        self, name: str, payload: Sequence[str] = (), *, doc: str | None = None
+    ) -> OrderedSignal:
+        """Declare an event (custom events included) and return its signal.
+
+        Declaring an existing name again with the same payload returns the same signal.
+        """
+        if not name.isidentifier():
+            raise BusError(f"event name {name!r} must be a Python identifier")
+        payload = tuple(payload)
+        if name in self.signals:
+            if self.payloads[name] != payload:
+                raise BusError(
+                    f"event '{name}' already exists with payload {self.payloads[name]}, "
+                    f"cannot redeclare it with {payload}"
+                )
+            return self.signals[name]
+        signal = OrderedSignal(name, doc)
+        self.namespace[name] = signal
+        self.signals[name] = signal
+        self.payloads[name] = payload
+        return signal
+
+    def signal(self, name: str) -> OrderedSignal:
+        """The signal of ``name``; an unknown name is a :class:`BusError` with a suggestion."""
+        try:
+            return self.signals[name]
+        except KeyError:
+            raise BusError(f"no event named '{name}'{_suggest(name, self.signals)}") from None
+
+    def emit(self, name: str, sender: Any, /, **payload: Any) -> bool:
+        """Emit ``name`` from ``sender``; see :meth:`OrderedSignal.emit`."""
+        return self.signal(name).emit(sender, **payload)
+
+    # -- receivers ----------------------------------------------------------------
+    def connect(self, name: str, receiver: Callable[..., Any]) -> None:
+        """Connect one receiver (strong reference, ANY sender) after checking its signature."""
+        signal = self.signal(name)
+        self._check_signature(name, receiver, receiver_name(receiver))
+        signal.connect(receiver, weak=False)
+
+    def disconnect(self, name: str, receiver: Callable[..., Any]) -> None:
+        self.signal(name).disconnect(receiver)
+
+    def subscribe(self, callback: object) -> list[str]:
+        """Connect every ``on_<event>`` method of ``callback``; returns the event names.
+
+        The callback's ``custom_events`` (name -> payload names), if any, are declared
+        first. Nothing is connected if any method is invalid.
+        """
+        for name, payload in getattr(callback, "custom_events", {}).items():
+            self.declare(name, payload)
+        methods = list(self.hooks_of(callback))
+        for name, method in methods:
+            self._check_signature(name, method, receiver_name(method))
+        for name, method in methods:
+            self.signals[name].connect(method, weak=False)
+        return [name for name, _ in methods]
+
+    def subscribe_all(self, callbacks: Iterable[object]) -> None:
+        """Subscribe callbacks in order, declaring all their custom events first."""
+        callbacks = list(callbacks)
+        for callback in callbacks:
+            for name, payload in getattr(callback, "custom_events", {}).items():
+                self.declare(name, payload)
+        for callback in callbacks:
+            self.subscribe(callback)
+
+    def unsubscribe(self, callback: object) -> None:
+        """Disconnect every ``on_<event>`` method of ``callback``."""
+        for name, method in self.hooks_of(callback):
+            self.signals[name].disconnect(method)
+
+    def hooks_of(self, callback: object) -> Iterator[tuple[str, Callable[..., Any]]]:
+        """Yield ``(event, bound method)`` for each ``on_`` method; unknown names raise."""
+        for attr in dir(type(callback)):
+            if not attr.startswith("on_"):
+                continue
+            method = getattr(callback, attr)
+            if not callable(method):
+                continue
+            event = attr[3:]
+            if event not in self.signals:
+                raise BusError(
+                    f"{type(callback).__name__}.{attr}: there is no event '{event}'"
+                    f"{_suggest(event, self.signals, prefix='on_')}"
+                )
+            yield event, method
+
+    def _check_signature(self, name: str, receiver: Callable[..., Any], label: str) -> None:
+        payload = self.payloads[name]
+        try:
+            signature = inspect.signature(receiver)
+        except (TypeError, ValueError):
+            return  # builtins without signatures: trust them
+        try:
+            signature.bind(None, **dict.fromkeys(payload))
+        except TypeError as exc:
+            wanted = ", ".join(("runtime", *payload))
+            raise BusError(
+                f"{label} cannot receive event '{name}': it is called as ({wanted}) "
+                f"by keyword, but its signature is {signature} ({exc})"
+            ) from None
+
+    # -- introspection ------------------------------------------------------------
+    def describe(self, *, include_empty: bool = False) -> dict[str, list[str]]:
+        """Event name -> receiver names, in call order (events without receivers omitted)."""
+        return {
+            name: [receiver_name(r) for r in signal.dispatch]
+            for name, signal in self.signals.items()
+            if include_empty or signal.dispatch
+        }
+
+
+class _EventAttributes:
+    """Attribute access to signals (``bus.event.train_batch_start``) for the hot path."""
+
+    def __init__(self, signals: Mapping[str, OrderedSignal]) -> None:
+        object.__setattr__(self, "_signals", signals)
+
+    def __getattr__(self, name: str) -> OrderedSignal:
+        try:
+            signal = self._signals[name]
+        except KeyError:
+            raise AttributeError(
+                f"no event named '{name}'{_suggest(name, self._signals)}"
+            ) from None
+        object.__setattr__(self, name, signal)  # cache: later lookups skip __getattr__
+        return signal
+
+
+def _suggest(name: str, choices: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""

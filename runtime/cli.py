@@ -1,0 +1,237 @@
+"""``busloop`` command line: train, test, list callbacks, benchmark.
+
+User mistakes (config, checkpoint, callback registration) exit with code 2 and one line;
+``--debug`` shows the traceback. A run that fails inside a callback or step exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime.bus import BusError, CallbackError
+from runtime.checkpoint import CheckpointError
+from runtime.config import Config, ConfigError, load_config, resolve_import
+from runtime.optim import OptimizationError
+
+log = logging.getLogger("busloop")
+
+USER_ERRORS = (ConfigError, BusError, CheckpointError, OptimizationError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="busloop", description="busloop: a PyTorch training runtime on an event bus."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (the embedded digits job without CONFIG)")
+    train.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]")
+    train.add_argument("--resume", metavar="CKPT", help="resume from a checkpoint (resume.ckpt)")
+
+    test = commands.add_parser("test", help="test a trained model")
+    test.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]")
+    test.add_argument("--weights", metavar="CKPT", required=True, help="checkpoint to load")
+    test.add_argument("--view", choices=("train", "val", "test"), default="test")
+
+    cbs = commands.add_parser("callbacks", help="the resolved callbacks and their events")
+    cbs.add_argument("args", nargs="*", metavar="[key=value ...]")
+    cbs.add_argument("--config", metavar="CONFIG")
+
+    bench = commands.add_parser("bench", help="run the hook-overhead benchmark suite")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    for sub in (train, test, cbs, bench):
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    return parser
+
+
+def _split(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG] key=value ...`` -> (config path or None, overrides)."""
+    config = None
+    overrides = []
+    for arg in args:
+        if "=" in arg:
+            overrides.append(arg)
+        elif config is None:
+            config = arg
+        else:
+            raise ConfigError(f"unexpected argument {arg!r}: give one CONFIG and key=value overrides")
+    return config, overrides
+
+
+def _load(config: str | None, overrides: Sequence[str]) -> Config:
+    if config is None:
+        from runtime.examples import DEFAULT_CONFIG
+
+        config = str(DEFAULT_CONFIG)
+    return load_config(config, overrides)
+
+
+def _setup_logging(cfg: Config | None = None) -> None:
+    logger = logging.getLogger("busloop")
+    logger.setLevel(logging.INFO)
+    if any(getattr(h, "_busloop_console", False) for h in logger.handlers):
+        return
+    handler: logging.Handler
+    if (cfg is None or cfg.trainer.rich_logging) and sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler._busloop_console = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+
+
+def build_job(cfg: Config) -> tuple[Any, dict[str, Any]]:
+    """The model and the loaders dict ({"train", "val", "test"}) from the config factories."""
+    if cfg.model.factory is None:
+        raise ConfigError("model.factory: required (an import path like 'pkg.module:build_model')")
+    if cfg.data.factory is None:
+        raise ConfigError("data.factory: required (an import path like 'pkg.module:build_loaders')")
+    model_factory = resolve_import(cfg.model.factory, key="model.factory")
+    data_factory = resolve_import(cfg.data.factory, key="data.factory")
+    model = _call(model_factory, dict(cfg.model.params), key="model.params")
+    data_params = dict(cfg.data.params)
+    accepted = _parameters(data_factory)
+    for name, value in (("batch_size", cfg.trainer.batch_size), ("num_workers", cfg.trainer.num_workers)):
+        if name not in data_params and (accepted is None or name in accepted):
+            data_params[name] = value
+    loaders = _call(data_factory, data_params, key="data.params")
+    if not isinstance(loaders, dict) or "train" not in loaders:
+        raise ConfigError(
+            f"data.factory: {cfg.data.factory} must return a dict with 'train' (and optionally "
+            f"'val', 'test'), got {type(loaders).__name__}"
+        )
+    return model, loaders
+
+
+def _parameters(fn: Any) -> set[str] | None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def _call(fn: Any, params: dict[str, Any], *, key: str) -> Any:
+    accepted = _parameters(fn)
+    if accepted is not None:
+        from runtime.config import suggest
+
+        for name in params:
+            if name not in accepted:
+                raise ConfigError(f"{key}.{name}: {fn.__name__} takes no parameter {name!r}{suggest(name, accepted)}")
+    return fn(**params)
+
+
+def _runtime(cfg: Config, model: Any) -> Any:
+    from callbacks import build_callbacks
+    from runtime.loop import Runtime
+
+    return Runtime(model, build_callbacks(cfg), cfg)
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from runtime.loop import seed_everything
+
+    config, overrides = _split(ns.args)
+    cfg = _load(config, overrides)
+    _setup_logging(cfg)
+    if cfg.trainer.seed is not None:
+        seed_everything(cfg.trainer.seed, deterministic=cfg.trainer.deterministic)
+    model, loaders = build_job(cfg)
+    rt = _runtime(cfg, model)
+    try:
+        state = rt.fit(loaders["train"], loaders.get("val"), ckpt_path=ns.resume)
+    except BaseException:
+        rt.close("failed")
+        raise
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(state.metrics.items()))
+    log.info("Training finished after %d epochs (%d steps): %s", state.epoch, state.global_step, summary)
+    if rt.run_dir is not None:
+        log.info("Run folder: %s", rt.run_dir)
+    rt.close("interrupted" if state.interrupted else "success")
+    if state.interrupted:
+        resume = Path(rt.run_dir or ".") / "resume.ckpt"
+        log.warning("Interrupted; resume with: busloop train %s --resume %s", config or "", resume)
+        return 130
+    return 0
+
+
+def cmd_test(ns: argparse.Namespace) -> int:
+    from runtime.checkpoint import load_checkpoint
+
+    config, overrides = _split(ns.args)
+    cfg = _load(config, overrides)
+    _setup_logging(cfg)
+    model, loaders = build_job(cfg)
+    checkpoint = load_checkpoint(ns.weights)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{ns.weights}: the weights do not fit the configured model: {exc}") from None
+    if ns.view not in loaders:
+        raise ConfigError(f"--view {ns.view}: the data factory returned no {ns.view!r} loader")
+    rt = _runtime(cfg, model)
+    metrics = rt.test(loaders[ns.view])
+    rt.close()
+    for name, value in sorted(metrics.items()):
+        log.info("%s = %.5f", name, value)
+    return 0
+
+
+def cmd_callbacks(ns: argparse.Namespace) -> int:
+    from callbacks import build_callbacks
+    from runtime.bus import Bus
+
+    cfg = load_config(ns.config, ns.args) if ns.config else _load(None, ns.args)
+    callbacks = build_callbacks(cfg)
+    bus = Bus()
+    lines = []
+    for index, callback in enumerate(callbacks):
+        events = bus.subscribe(callback)
+        lines.append(f"{index + 1:>2}. {type(callback).__name__}: {', '.join(events) or '(no events)'}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from benchmarks.__main__ import main as bench_main
+
+    return int(bench_main(ns.rest) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    commands = {"train": cmd_train, "test": cmd_test, "callbacks": cmd_callbacks, "bench": cmd_bench}
+    try:
+        return commands[ns.command](ns)
+    except USER_ERRORS as exc:
+        if ns.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"busloop: error: {exc}\n")
+        return 2
+    except CallbackError as exc:
+        if ns.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"busloop: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("busloop: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

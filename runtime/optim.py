@@ -1,0 +1,187 @@
+"""Optimizers and schedulers: objects, factories, ``{name, params}`` specs, or Lightning's
+``configure_optimizers`` return values, all turned into one optimizer and a list of
+:class:`SchedulerConfig` (Lightning's ``lr_scheduler_configs`` shape)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+__all__ = [
+    "OptimizationError",
+    "SchedulerConfig",
+    "build_optimizer",
+    "build_schedulers",
+    "parse_configure_optimizers",
+]
+
+
+class OptimizationError(ValueError):
+    """An optimizer or scheduler cannot be built from what the user gave."""
+
+
+@attrs.define
+class SchedulerConfig:
+    """One scheduler and when to step it (the fields Lightning's ``LRSchedulerConfig`` has)."""
+
+    scheduler: Any
+    name: str | None = None
+    interval: str = "epoch"
+    frequency: int = 1
+    reduce_on_plateau: bool = False
+    monitor: str | None = None
+    strict: bool = True
+    opt_idx: int | None = None
+
+
+def _spec_fields(spec: Any) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+    """``(name, params, rest)`` from a mapping or an attrs spec object."""
+    if isinstance(spec, Mapping):
+        data = dict(spec)
+    elif attrs.has(type(spec)):
+        data = attrs.asdict(spec, recurse=False)
+    else:
+        raise OptimizationError(f"cannot read an optimizer/scheduler spec from {spec!r}")
+    name = data.pop("name", None)
+    params = dict(data.pop("params", None) or {})
+    return name, params, data
+
+
+def _torch_class(module: Any, name: str, kind: str, key: str) -> Any:
+    if ":" in name or "." in name:
+        from runtime.config import resolve_import
+
+        return resolve_import(name, key=key)
+    cls = getattr(module, name, None)
+    if not isinstance(cls, type):
+        choices = [n for n in dir(module) if not n.startswith("_") and n[0].isupper()]
+        close = difflib.get_close_matches(name, choices, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise OptimizationError(f"{key}: torch has no {kind} named '{name}'{hint}")
+    return cls
+
+
+def build_optimizer(spec: Any, model: nn.Module) -> torch.optim.Optimizer:
+    """An optimizer from an instance, a factory ``f(params)``, or a ``{name, params}`` spec."""
+    if isinstance(spec, torch.optim.Optimizer):
+        return spec
+    if callable(spec) and not isinstance(spec, Mapping):
+        optimizer = spec(model.parameters())
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise OptimizationError(f"optimizer factory {spec!r} returned {optimizer!r}")
+        return optimizer
+    name, params, _ = _spec_fields(spec)
+    cls = _torch_class(torch.optim, name or "Adam", "optimizer", "optimizer.name")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return cls(trainable, **params)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise OptimizationError(f"optimizer.params: {cls.__name__} rejected {params}: {exc}") from None
+
+
+def build_schedulers(spec: Any, optimizer: torch.optim.Optimizer) -> list[SchedulerConfig]:
+    """Scheduler configs from an instance, a factory ``f(optimizer)``, a spec, or a list."""
+    if spec is None:
+        return []
+    if isinstance(spec, SchedulerConfig):
+        return [spec]
+    if isinstance(spec, list | tuple):
+        return [c for item in spec for c in build_schedulers(item, optimizer)]
+    if _is_scheduler(spec):
+        return [_config_for(spec)]
+    if callable(spec) and not isinstance(spec, Mapping):
+        return build_schedulers(spec(optimizer), optimizer)
+    name, params, rest = _spec_fields(spec)
+    if name is None and "scheduler" in rest:  # Lightning's dict: {"scheduler": obj, ...}
+        return [_config_for(rest.pop("scheduler"), **rest)]
+    cls = _torch_class(torch.optim.lr_scheduler, name or "", "scheduler", "scheduler.name")
+    try:
+        scheduler = cls(optimizer, **params)
+    except TypeError as exc:
+        raise OptimizationError(f"scheduler.params: {cls.__name__} rejected {params}: {exc}") from None
+    return [_config_for(scheduler, **{k: v for k, v in rest.items() if v is not None})]
+
+
+def _is_scheduler(obj: Any) -> bool:
+    return isinstance(
+        obj, torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+    ) or (hasattr(obj, "step") and hasattr(obj, "state_dict") and hasattr(obj, "optimizer"))
+
+
+def _config_for(scheduler: Any, **options: Any) -> SchedulerConfig:
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    options = {k: v for k, v in options.items() if k in attrs.fields_dict(SchedulerConfig)}
+    config = SchedulerConfig(scheduler=scheduler, reduce_on_plateau=plateau, **options)
+    if config.interval not in ("epoch", "step"):
+        raise OptimizationError(
+            f"scheduler.interval: must be 'epoch' or 'step', got {config.interval!r}"
+        )
+    if config.frequency < 1:
+        raise OptimizationError(f"scheduler.frequency: must be >= 1, got {config.frequency}")
+    if plateau:
+        if config.interval != "epoch":
+            raise OptimizationError(
+                "scheduler.interval: ReduceLROnPlateau is stepped per epoch after validation; "
+                "interval 'step' is not supported"
+            )
+        config.monitor = config.monitor or "val/loss"
+    return config
+
+
+def parse_configure_optimizers(
+    result: Any,
+) -> tuple[torch.optim.Optimizer, list[SchedulerConfig]]:
+    """Normalise every return shape of Lightning's ``configure_optimizers`` (one optimizer)."""
+    optimizers: list[Any]
+    schedulers: list[Any] = []
+    if isinstance(result, torch.optim.Optimizer):
+        optimizers = [result]
+    elif isinstance(result, Mapping):
+        optimizers = [result["optimizer"]]
+        if result.get("lr_scheduler") is not None:
+            lr = result["lr_scheduler"]
+            if isinstance(lr, Mapping):
+                schedulers = [dict(lr)]
+            else:
+                schedulers = [{"scheduler": lr, "monitor": result.get("monitor")}]
+    elif isinstance(result, list | tuple) and len(result) == 2 and isinstance(result[0], list | tuple):
+        optimizers, schedulers = list(result[0]), list(result[1])
+    elif isinstance(result, list | tuple):
+        optimizers = list(result)
+    else:
+        raise OptimizationError(f"configure_optimizers returned an unsupported value: {result!r}")
+    if len(optimizers) != 1:
+        raise OptimizationError(
+            f"configure_optimizers returned {len(optimizers)} optimizers; busloop's automatic "
+            "optimization uses exactly one"
+        )
+    optimizer = optimizers[0]
+    configs: list[SchedulerConfig] = []
+    for item in schedulers:
+        if isinstance(item, Mapping):
+            item = {k: v for k, v in item.items() if v is not None}
+            configs.extend(build_schedulers(item, optimizer))
+        else:
+            configs.append(_config_for(item))
+    return optimizer, configs
+
+
+def plateau_value(metrics: Mapping[str, float], config: SchedulerConfig) -> float | None:
+    """The monitored value for a ReduceLROnPlateau step, or None (error when ``strict``)."""
+    assert config.monitor is not None
+    if config.monitor in metrics:
+        return metrics[config.monitor]
+    if config.strict:
+        raise OptimizationError(
+            f"ReduceLROnPlateau monitors '{config.monitor}', which was not logged; available: "
+            f"{sorted(metrics)}"
+        )
+    return None
+
+
+Factory = Callable[..., Any]

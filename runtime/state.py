@@ -1,0 +1,50 @@
+"""Loop state: where the loop is, what it has measured, and whether it should stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.define
+class LoopState:
+    """Everything callbacks read about the loop's position (``rt.state``).
+
+    ``epoch`` counts completed training epochs while an epoch runs (0 during the first),
+    as Lightning's ``current_epoch``; it equals ``max_epochs`` at ``train_end`` after a full
+    run. ``global_step`` counts optimizer steps. ``batch_idx`` counts the training batches
+    finished in the current epoch (the resume position).
+    """
+
+    stage: str | None = None
+    """"fit", "validate", "test", "predict", or None between runs."""
+    epoch: int = 0
+    global_step: int = 0
+    batch_idx: int = 0
+    max_epochs: int = 1
+    max_steps: int | None = None
+    sanity_checking: bool = False
+    training: bool = False
+    """True while the train epoch runs (not during validation inside it)."""
+    should_stop: bool = False
+    stop_reason: str | None = None
+    interrupted: bool = False
+    """Set when a graceful interrupt stopped training."""
+    num_training_batches: int = 0
+    num_val_batches: int = 0
+    num_test_batches: int = 0
+    num_predict_batches: int = 0
+    num_sanity_val_batches: int = 0
+    metrics: dict[str, float] = attrs.field(factory=dict)
+    """Epoch-reduced metrics: ``train/...``, ``val/...``, ``test/...`` (callback_metrics)."""
+    step_metrics: dict[str, Any] = attrs.field(factory=dict)
+    """The latest per-step values logged in this epoch (tensors; for progress bars)."""
+    history: list[dict[str, Any]] = attrs.field(factory=list)
+    """One entry per epoch-metrics reduction: {"stage", "epoch", "global_step", metrics...}."""
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current batch; the first reason is kept."""
+        self.should_stop = True
+        if self.stop_reason is None:
+            self.stop_reason = reason
