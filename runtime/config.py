@@ -1,0 +1,705 @@
+"""Run configuration: attrs classes, loaded from YAML/JSON with cattrs.
+
+The shape of a config file (every section is optional; ``{}`` is a valid config)::
+
+    model:     {factory: "pkg.module:build_model", params: {...}}
+    data:      {factory: "pkg.module:build_loaders", params: {...}}
+    loss:      "torch.nn.functional:cross_entropy"
+    optimizer: {name: AdamW, params: {lr: 0.001}}
+    scheduler: {name: CosineAnnealingLR, params: {T_max: 10}, interval: epoch, frequency: 1}
+    trainer:   {epochs: 10, batch_size: 32, precision: "32", callbacks: [...], ...}
+    tracker:   {save_directory: runs, run_name: null, backends: [local]}
+    exporter:  {onnx: {opset_version: 17}, blobconverter: {active: false}, hubai: {active: false}}
+
+``load_config`` reads a file, a mapping or a ``Config``, applies ``key=value`` dot-path
+overrides to the raw data, then structures it with one strict ``cattrs.Converter``:
+unknown keys are rejected (with the nearest valid name), ints/floats/bools/strings are
+never coerced from another type, and ranges are checked by attrs validators. Every user
+mistake raises ``ConfigError`` whose message has one ``key.path: problem`` line per problem.
+"""
+
+import copy
+import difflib
+import functools
+import importlib
+import json
+import operator
+import os
+import pkgutil
+import re
+import reprlib
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import (
+    AttributeValidationNote,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, override
+
+__all__ = [
+    "BlobconverterConfig", "CallbackSpec", "ComponentSpec", "Config", "ConfigError",
+    "ExporterConfig", "HubAIConfig", "MainMetric", "OnnxConfig", "OptimizerSpec",
+    "SchedulerSpec", "TrackerConfig", "TrainerConfig", "config_to_dict", "converter",
+    "dump_config", "load_config", "resolve_import", "suggest",
+]  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A mistake in a configuration; ``problems`` holds one ``key.path: problem`` line each."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = (
+            (problems,) if isinstance(problems, str) else tuple(problems)
+        )
+        super().__init__("\n".join(self.problems))
+
+
+class _Problem(ConfigError):
+    """A problem with one value; the key path is added by whoever knows it."""
+
+    def __init__(self, message: str, field: str | None = None, subpath: tuple[str, ...] = ()):
+        self.message, self.subpath = message, subpath
+        super().__init__(f"{'.'.join((field, *subpath))}: {message}" if field else message)
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest of ``choices`` to ``name``, else ``""``."""
+    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f"; did you mean '{matches[0]}'?" if matches else ""
+
+
+_repr = reprlib.Repr()
+_repr.maxstring, _repr.maxother = 60, 60
+
+
+def _got(value: object) -> str:
+    return f"{_repr.repr(value)} ({type(value).__name__})"
+
+
+# --- validators (attrs signature; they ignore the instance so cattrs hooks can call them) ---
+
+_Validator = Callable[[Any, Any, Any], None]  # attrs validator: (instance, attribute, value)
+
+
+def _ge(bound: int) -> _Validator:
+    def check(_inst: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if value < bound:
+            raise _Problem(f"must be >= {bound}, got {value!r}", attribute.name)
+
+    return check
+
+
+def _gt(bound: float) -> _Validator:
+    def check(_inst: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if value <= bound:
+            raise _Problem(f"must be > {bound}, got {value!r}", attribute.name)
+
+    return check
+
+
+def _between(low: int, high: int) -> _Validator:
+    def check(_inst: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if not low <= value <= high:
+            raise _Problem(f"must be between {low} and {high}, got {value!r}", attribute.name)
+
+    return check
+
+
+def _one_of(*choices: str) -> _Validator:
+    def check(_inst: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if value not in choices:
+            hint = suggest(value, choices) if isinstance(value, str) else ""
+            allowed = ", ".join(repr(c) for c in choices)
+            raise _Problem(f"must be one of {allowed}, got {value!r}{hint}", attribute.name)
+
+    return check
+
+
+def _each(validator: _Validator) -> _Validator:
+    def check(inst: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        for index, item in enumerate(value):
+            try:
+                validator(inst, attribute, item)
+            except _Problem as exc:
+                raise _Problem(exc.message, attribute.name, (str(index),)) from None
+
+    return check
+
+
+def _batches_or_fraction(*, zero_ok: bool) -> _Validator:
+    """An int counts batches (>= 1, or >= 0 with ``zero_ok``); a float is a fraction."""
+
+    def check(_inst: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        low = 0 if zero_ok else 1
+        if isinstance(value, int) and value < low:
+            raise _Problem(
+                f"as a number of batches must be >= {low}, got {value!r}", attribute.name
+            )
+        if isinstance(value, float) and not (0.0 <= value <= 1.0 and (zero_ok or value > 0.0)):
+            span = "[0, 1]" if zero_ok else "(0, 1]"
+            raise _Problem(f"as a fraction must be in {span}, got {value!r}", attribute.name)
+
+    return check
+
+
+def _accelerator(_inst: Any, attribute: "attrs.Attribute[Any]", value: str) -> None:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise _Problem(
+            f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}", attribute.name
+        )
+
+
+def _opt(validator: _Validator) -> _Validator:
+    """``validator``, with ``None`` also allowed."""
+    return attrs.validators.optional(validator)
+
+
+_PRECISION_ALIASES: dict[object, str] = {
+    32: "32",
+    "32-true": "32",
+    16: "16-mixed",
+    "16": "16-mixed",
+    "bf16": "bf16-mixed",
+}
+
+
+def _normalize_precision(value: Any) -> Any:
+    """Map the accepted aliases (32, "32-true", 16, "16", "bf16") to canonical names."""
+    if isinstance(value, bool):
+        return value
+    return _PRECISION_ALIASES.get(value, value)
+
+
+def _structure_precision(value: Any, _type: Any) -> str | int:
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise _Problem(f"expected a string or an integer, got {_got(value)}")
+
+
+def _structure_version(value: Any, _type: Any) -> str:
+    if isinstance(value, str):
+        return value
+    hint = f"; quote it: '{value}'" if isinstance(value, int | float) else ""
+    raise _Problem(f"expected a string, got {_got(value)}{hint}")
+
+
+_STRUCTURE = "busloop_structure"  # field metadata key: a cattrs structure hook for that field
+
+
+# --- the configuration classes ---
+
+
+@attrs.define
+class ComponentSpec:
+    """A user component (model or data) built by calling ``factory(**params)``.
+
+    ``factory`` is an import path such as ``"pkg.module:build_model"``.
+    """
+
+    factory: str | None = None
+    params: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define
+class OptimizerSpec:
+    """The optimiser: a ``torch.optim`` class name (or import path) and its keyword arguments."""
+
+    name: str = "Adam"
+    params: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define
+class SchedulerSpec:
+    """The LR scheduler: class name (or import path), kwargs, and when it steps.
+
+    ``interval`` is ``"epoch"`` or ``"step"``; it steps every ``frequency`` intervals;
+    ``monitor`` names the metric passed to schedulers such as ``ReduceLROnPlateau``.
+    """
+
+    name: str
+    params: dict[str, Any] = attrs.field(factory=dict)
+    interval: str = attrs.field(default="epoch", validator=_one_of("epoch", "step"))
+    frequency: int = attrs.field(default=1, validator=_ge(1))
+    monitor: str | None = None
+
+
+@attrs.define
+class MainMetric:
+    """The metric that ranks checkpoints: its logged ``name`` and whether to ``min`` or ``max`` it."""
+
+    name: str
+    mode: str = attrs.field(default="max", validator=_one_of("min", "max"))
+
+
+@attrs.define
+class CallbackSpec:
+    """One callback: a registered name or import path, whether it is used, and its kwargs."""
+
+    name: str
+    active: bool = True
+    params: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define
+class TrainerConfig:
+    """The training loop: length, batching, precision, validation cadence, logging, callbacks.
+
+    ``limit_*_batches``: ``None`` (all), an int number of batches, or a float fraction.
+    ``val_check_interval``: an int number of training batches, or a float fraction of an epoch.
+    ``num_sanity_val_steps``: ``-1`` runs the whole validation set before training.
+    ``save_top_k``: ``-1`` keeps every checkpoint. ``input_shape``: C, H, W of one sample.
+    """
+
+    epochs: int = attrs.field(default=10, validator=_ge(1))
+    max_steps: int | None = attrs.field(default=None, validator=_opt(_ge(1)))
+    batch_size: int = attrs.field(default=32, validator=_ge(1))
+    num_workers: int = attrs.field(default=0, validator=_ge(0))
+    accumulate_grad_batches: int | None = attrs.field(default=None, validator=_opt(_ge(1)))
+    gradient_clip_val: float | None = attrs.field(default=None, validator=_opt(_gt(0)))
+    gradient_clip_algorithm: str = attrs.field(default="norm", validator=_one_of("norm", "value"))
+    precision: str = attrs.field(
+        default="32",
+        converter=_normalize_precision,
+        validator=_one_of("32", "16-mixed", "bf16-mixed"),
+        metadata={_STRUCTURE: _structure_precision},
+    )
+    seed: int | None = None
+    deterministic: bool = False
+    accelerator: str = attrs.field(default="auto", validator=_accelerator)
+    check_val_every_n_epoch: int | None = attrs.field(default=1, validator=_opt(_ge(1)))
+    val_check_interval: int | float = attrs.field(
+        default=1.0, validator=_batches_or_fraction(zero_ok=False)
+    )
+    limit_train_batches: int | float | None = attrs.field(
+        default=None, validator=_opt(_batches_or_fraction(zero_ok=True))
+    )
+    limit_val_batches: int | float | None = attrs.field(
+        default=None, validator=_opt(_batches_or_fraction(zero_ok=True))
+    )
+    limit_test_batches: int | float | None = attrs.field(
+        default=None, validator=_opt(_batches_or_fraction(zero_ok=True))
+    )
+    limit_predict_batches: int | float | None = attrs.field(
+        default=None, validator=_opt(_batches_or_fraction(zero_ok=True))
+    )
+    num_sanity_val_steps: int = attrs.field(default=2, validator=_ge(-1))
+    log_every_n_steps: int = attrs.field(default=50, validator=_ge(1))
+    save_top_k: int = attrs.field(default=3, validator=_ge(-1))
+    main_metric: MainMetric | None = None
+    rich_logging: bool = True
+    smart_cfg_auto_populate: bool = True
+    resume_from: str | None = None
+    input_shape: list[int] | None = attrs.field(default=None, validator=_opt(_each(_ge(1))))
+    callbacks: list[CallbackSpec] = attrs.field(factory=list)
+
+
+@attrs.define
+class TrackerConfig:
+    """Where runs are recorded: the parent folder, the run's name, and the logging backends."""
+
+    save_directory: str = "runs"
+    run_name: str | None = None
+    backends: list[str] = attrs.field(
+        factory=lambda: ["local"], validator=_each(_one_of("local", "tensorboard", "mlflow"))
+    )
+
+
+@attrs.define
+class OnnxConfig:
+    """ONNX export: opset, optional dynamic axes (``torch.onnx.export`` form), simplification."""
+
+    opset_version: int = attrs.field(default=17, validator=_between(7, 23))
+    dynamic_axes: dict[str, Any] | None = None
+    simplify: bool = False
+
+
+@attrs.define
+class BlobconverterConfig:
+    """Conversion of the ONNX model to a Myriad X blob with ``blobconverter``."""
+
+    active: bool = False
+    shaves: int = attrs.field(default=6, validator=_between(1, 16))
+    version: str = attrs.field(default="2022.1", metadata={_STRUCTURE: _structure_version})
+    data_type: str = attrs.field(default="FP16", validator=_one_of("FP16", "FP32", "INT8"))
+
+
+@attrs.define
+class HubAIConfig:
+    """Conversion through Luxonis HubAI for a target ``platform`` (rvc2, rvc3, rvc4)."""
+
+    active: bool = False
+    platform: str | None = attrs.field(
+        default=None, validator=_opt(_one_of("rvc2", "rvc3", "rvc4"))
+    )
+
+
+@attrs.define
+class ExporterConfig:
+    """Model export: the exported file's base ``name`` and the ONNX / blob / HubAI steps."""
+
+    name: str | None = None
+    onnx: OnnxConfig = attrs.field(factory=OnnxConfig)
+    blobconverter: BlobconverterConfig = attrs.field(factory=BlobconverterConfig)
+    hubai: HubAIConfig = attrs.field(factory=HubAIConfig)
+
+
+@attrs.define
+class Config:
+    """A whole run: model, data, loss, optimiser, scheduler, trainer, tracker and exporter."""
+
+    model: ComponentSpec = attrs.field(factory=ComponentSpec)
+    data: ComponentSpec = attrs.field(factory=ComponentSpec)
+    loss: str | None = None
+    optimizer: OptimizerSpec | None = None
+    scheduler: SchedulerSpec | None = None
+    trainer: TrainerConfig = attrs.field(factory=TrainerConfig)
+    tracker: TrackerConfig = attrs.field(factory=TrackerConfig)
+    exporter: ExporterConfig = attrs.field(factory=ExporterConfig)
+
+
+# --- the converter: strict primitives, path-carrying errors ---
+
+converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _strict(accepts: Callable[[Any], bool], expected: str, cast: Callable[[Any], Any]) -> Any:
+    """A hook that takes only values ``accepts`` allows: no str -> int, no bool -> int."""
+
+    def hook(value: Any, _type: Any) -> Any:
+        if not accepts(value):
+            raise _Problem(f"expected {expected}, got {_got(value)}")
+        return cast(value)
+
+    return hook
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+converter.register_structure_hook(int, _strict(_is_int, "an integer", int))
+converter.register_structure_hook(float, _strict(_is_number, "a number", float))
+converter.register_structure_hook(
+    bool, _strict(lambda v: isinstance(v, bool), "true or false", bool)
+)
+converter.register_structure_hook(str, _strict(lambda v: isinstance(v, str), "a string", str))
+converter.register_structure_hook(int | float, _strict(_is_number, "a number", lambda v: v))
+converter.register_structure_hook(Any, lambda value, _type: value)
+
+
+def _is_optional(type_: Any) -> bool:
+    args = typing.get_args(type_)
+    is_union = typing.get_origin(type_) in (typing.Union, types.UnionType)
+    return is_union and type(None) in args
+
+
+@converter.register_structure_hook_factory(_is_optional)
+def _optional_hook(type_: Any) -> Callable[[Any, Any], Any]:
+    rest = [a for a in type_.__args__ if a is not type(None)]
+    inner_type = functools.reduce(operator.or_, rest)
+    inner = converter.get_structure_hook(inner_type)
+    return lambda value, _type: None if value is None else inner(value, inner_type)
+
+
+@converter.register_structure_hook_factory(lambda t: getattr(t, "__origin__", None) is list)
+def _list_hook(type_: Any) -> Callable[[Any, Any], list[Any]]:
+    (item_type,) = type_.__args__
+    item_hook = converter.get_structure_hook(item_type)
+
+    def structure(value: Any, _type: Any) -> list[Any]:
+        if not isinstance(value, list | tuple):
+            raise _Problem(f"expected a list, got {_got(value)}")
+        result, errors = [], []
+        for index, item in enumerate(value):
+            try:
+                result.append(item_hook(item, item_type))
+            except Exception as exc:
+                note = IterableValidationNote(f"Structuring index {index}", index, item_type)
+                exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {type_}", errors, type_)
+        return result
+
+    return structure
+
+
+@converter.register_structure_hook_factory(lambda t: getattr(t, "__origin__", None) is dict)
+def _dict_hook(_type: Any) -> Callable[[Any, Any], dict[str, Any]]:
+    def structure(value: Any, _type: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise _Problem(f"expected a mapping, got {_got(value)}")
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise _Problem(f"keys must be strings, got {_got(bad[0])}")
+        return copy.deepcopy(dict(value))
+
+    return structure
+
+
+def _checked(hook: Callable[[Any, Any], Any], attribute: "attrs.Attribute[Any]") -> Any:
+    """Structure a field, then convert and validate it, so the error keeps its key path."""
+
+    def structure(value: Any, type_: Any) -> Any:
+        result = hook(value, type_)
+        if callable(attribute.converter):
+            result = attribute.converter(result)
+        if attribute.validator is not None:
+            attribute.validator(None, attribute, result)
+        return result
+
+    return structure
+
+
+@converter.register_structure_hook_factory(attrs.has)
+def _attrs_hook(cls: type) -> Callable[[Any, Any], Any]:
+    attrs.resolve_types(cls)
+    overrides: dict[str, Any] = {}
+    for a in attrs.fields(cls):
+        custom = a.metadata.get(_STRUCTURE)
+        if custom is not None or a.validator is not None:
+            hook = custom or converter.get_structure_hook(a.type)
+            overrides[a.name] = override(struct_hook=_checked(hook, a))
+    base: Callable[[Any, Any], Any] = make_dict_structure_fn(
+        cls, converter, _cattrs_forbid_extra_keys=True, **overrides
+    )
+
+    def structure(value: Any, type_: Any) -> Any:
+        if value is None:  # an empty section (`trainer:` in YAML) means the defaults
+            value = {}
+        if not isinstance(value, Mapping):
+            raise _Problem(f"expected a mapping, got {_got(value)}")
+        return base(value, type_)
+
+    return structure
+
+
+def _problems(exc: BaseException, path: tuple[str, ...] = ()) -> list[str]:
+    """Flatten a cattrs exception tree into ``key.path: problem`` lines."""
+    where = ".".join(path) or "config"
+    if isinstance(exc, cattrs.BaseValidationError):
+        lines = []
+        for sub in exc.exceptions:
+            sub_path = path
+            for note in getattr(sub, "__notes__", []):
+                if isinstance(note, AttributeValidationNote):
+                    sub_path = (*path, note.name)
+                elif isinstance(note, IterableValidationNote):
+                    sub_path = (*path, str(note.index))
+            lines += _problems(sub, sub_path)
+        return lines
+    if isinstance(exc, ForbiddenExtraKeysError):
+        names = [a.name for a in attrs.fields(exc.cl)]
+        return [
+            f"{'.'.join((*path, str(k)))}: unknown key{suggest(str(k), names)}"
+            for k in sorted(exc.extra_fields, key=str)
+        ]
+    if isinstance(exc, _Problem):
+        return [f"{'.'.join((*path, *exc.subpath)) or 'config'}: {exc.message}"]
+    if isinstance(exc, KeyError):
+        return [f"{where}: required key is missing"]
+    return [f"{where}: {exc}"]
+
+
+# --- loading, overrides, dumping ---
+
+
+def _read_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"{path}: unsupported config file type; use .yaml, .yml or .json")
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{at}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+
+
+def _apply_override(raw: dict[str, Any], text: str) -> None:
+    """Set ``key.path=value`` in ``raw``; missing mappings are created, lists may grow by one."""
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"override {key!r}: empty name in the key path")
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key!r}: invalid value {value_text!r} ({exc})") from None
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        new: Any = value if last else ([] if parts[depth + 1].isdigit() else {})
+        if isinstance(node, dict):
+            if last or node.get(part) is None:
+                node[part] = new
+            node = node[part]
+        elif isinstance(node, list):
+            if not part.isdigit() or int(part) > len(node):
+                raise ConfigError(
+                    f"override {key!r}: {'.'.join(parts[:depth])} has {len(node)} item(s); "
+                    f"expected an index from 0 to {len(node)} (to append), got {part!r}"
+                )
+            if int(part) == len(node):
+                node.append(new)
+            elif last:
+                node[int(part)] = new
+            node = node[int(part)]
+        else:
+            raise ConfigError(
+                f"override {key!r}: {'.'.join(parts[:depth])} is {_got(node)}, "
+                "not a mapping or a list"
+            )
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | Config | None = None,
+    overrides: Sequence[str] = (),
+) -> Config:
+    """Build a ``Config`` from a .yaml/.yml/.json file, a mapping, a ``Config`` or ``None``.
+
+    ``overrides`` are ``key=value`` strings with dot paths (``trainer.epochs=5``,
+    ``trainer.callbacks.0.params.patience=5``); values are parsed as YAML. They apply to
+    the raw data before it is checked. Raises ``ConfigError`` for any mistake.
+    """
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    name = "config"
+    if source is None:
+        raw: Any = {}
+    elif isinstance(source, Config):
+        raw = config_to_dict(source)
+    elif isinstance(source, str | os.PathLike):
+        name = os.fspath(source)
+        raw = _read_file(Path(source))
+        raw = {} if raw is None else raw
+    elif isinstance(source, Mapping):
+        raw = copy.deepcopy(dict(source))
+    else:
+        raise ConfigError(
+            f"config source must be a file path, a mapping, a Config or None, got {_got(source)}"
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: the top level must be a mapping, got {type(raw).__name__}")
+    for text in overrides:
+        _apply_override(raw, text)
+    try:
+        return converter.structure(raw, Config)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(_problems(exc)) from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Return ``cfg`` as plain dicts, lists and scalars (loadable again by ``load_config``)."""
+    return _plain(converter.unstructure(cfg))
+
+
+def dump_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write ``cfg`` as YAML (keys in declaration order); as JSON if ``path`` ends in .json."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = config_to_dict(cfg)
+    if target.suffix.lower() == ".json":
+        text = json.dumps(data, indent=2) + "\n"
+    else:
+        text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    target.write_text(text, encoding="utf-8")
+
+
+# --- imports named in a config ---
+
+
+def _missing_module(name: str, error: ModuleNotFoundError) -> bool:
+    """True when ``error`` says ``name`` itself (or a parent package) does not exist."""
+    return error.name is not None and (name == error.name or name.startswith(error.name + "."))
+
+
+def _module_hint(missing: str) -> str:
+    parent, _, leaf = missing.rpartition(".")
+    if not parent:
+        return ""
+    try:
+        package = importlib.import_module(parent)
+    except Exception:
+        return ""
+    names = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
+    return suggest(leaf, names + [n for n in dir(package) if not n.startswith("_")])
+
+
+def resolve_import(path: str, *, key: str) -> Any:
+    """Import ``"pkg.mod:attr"``, ``"pkg.mod:Outer.inner"`` or ``"pkg.mod.attr"``.
+
+    ``key`` is the config key path that named it; every failure raises ``ConfigError``.
+    """
+    module_name, sep, attr_path = path.partition(":") if isinstance(path, str) else ("", "", "")
+    names = module_name.split(".") + (attr_path.split(".") if sep else [])
+    if not all(names):
+        raise ConfigError(
+            f"{key}: expected an import path like 'package.module:name', got {path!r}"
+        )
+    candidates = [module_name] if sep else [
+        ".".join(module_name.split(".")[:i]) for i in range(module_name.count(".") + 1, 0, -1)
+    ]  # fmt: skip
+    missing = module_name
+    for candidate in candidates:
+        try:
+            module = importlib.import_module(candidate)
+        except ModuleNotFoundError as exc:
+            if not _missing_module(candidate, exc):
+                raise ConfigError(f"{key}: importing '{candidate}' failed: {exc}") from exc
+            missing = exc.name or candidate
+            continue
+        except Exception as exc:
+            raise ConfigError(
+                f"{key}: importing '{candidate}' failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        rest = attr_path if sep else path[len(candidate) + 1 :]
+        break
+    else:
+        raise ConfigError(
+            f"{key}: cannot import {path!r}: no module named '{missing}'{_module_hint(missing)}"
+        )
+    obj, owner = module, candidate
+    for part in rest.split(".") if rest else []:
+        if not hasattr(obj, part):
+            hint = suggest(part, [n for n in dir(obj) if not n.startswith("_")])
+            raise ConfigError(f"{key}: '{owner}' has no attribute '{part}'{hint}")
+        obj, owner = getattr(obj, part), f"{owner}.{part}"
+    return obj
