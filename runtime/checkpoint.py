@@ -1,0 +1,423 @@
+"""Checkpoint files: atomic writes and a ``weights_only``-safe format.
+
+A busloop checkpoint is one ``dict`` per file, written with :func:`torch.save` and
+read back with ``torch.load(path, weights_only=True)``. It therefore holds tensors,
+numbers, strings, booleans, ``None``, ``torch.Size`` and lists / tuples / dicts of
+those, nothing else: no pickled objects, so loading one never runs foreign code.
+
+Writes are atomic: the bytes go to a temporary file in the destination folder,
+which is fsynced and then renamed over the destination. A crash (even ``SIGKILL``)
+in the middle of a write leaves either the old file or the new one, never a
+truncated mix.
+
+:func:`rng_state` / :func:`set_rng_state` capture every random generator the loop
+draws from (Python, NumPy, torch CPU, CUDA) in that safe format, and
+:func:`versions` records the package versions that wrote a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.metadata
+import logging
+import os
+import pickle
+import platform
+import random
+import re
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "FORMAT_KEY",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "check_weights_only_safe",
+    "is_lightning_checkpoint",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "versions",
+]
+
+log = logging.getLogger("busloop.checkpoint")
+
+#: Key of the format version in every checkpoint busloop writes.
+FORMAT_KEY = "busloop_format"
+#: The format this version of busloop writes; it reads this one and older ones.
+FORMAT_VERSION = 1
+
+_SCALAR_TYPES = (str, int, float, bool, complex, bytes, type(None))
+_CONTAINER_TYPES = (dict, OrderedDict, list, tuple)
+_SAFE_MESSAGE = "cannot be stored; checkpoints hold tensors, numbers, strings, lists and dicts only"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message names the file or key."""
+
+
+# ---------------------------------------------------------------------------------------
+# Content check
+# ---------------------------------------------------------------------------------------
+
+
+def _child_path(parent: str, key: Any) -> str:
+    name = key if isinstance(key, str) else repr(key)
+    return f"{parent}.{name}" if parent else name
+
+
+def _check(value: Any, path: str, active: set[int]) -> None:
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return
+    if kind is torch.Tensor or kind is torch.nn.Parameter:
+        return
+    if kind is torch.Size or kind is torch.dtype or kind is torch.device:
+        return
+    if kind not in _CONTAINER_TYPES:
+        where = path or "<checkpoint>"
+        raise CheckpointError(f"{where}: {kind} {_SAFE_MESSAGE}")
+    ident = id(value)
+    if ident in active:  # a cycle: pickle copes, and every element on it is checked once
+        return
+    active.add(ident)
+    try:
+        if kind is dict or kind is OrderedDict:
+            for key, item in value.items():
+                if type(key) not in _SCALAR_TYPES and type(key) is not tuple:
+                    where = path or "<checkpoint>"
+                    raise CheckpointError(f"{where}: key {key!r} of {type(key)} {_SAFE_MESSAGE}")
+                _check(item, _child_path(path, key), active)
+        else:
+            for index, item in enumerate(value):
+                _check(item, f"{path}[{index}]", active)
+    finally:
+        active.discard(ident)
+
+
+def check_weights_only_safe(obj: Any, root: str = "") -> None:
+    """Raise :class:`CheckpointError` unless ``obj`` loads with ``weights_only=True``.
+
+    The error names the key path of the first offending value, e.g.
+    ``callbacks.MyCb.foo: <class 'x.Y'> cannot be stored; ...``. ``root`` prefixes
+    every path (use it when checking one branch of a larger dict).
+    """
+    _check(obj, root, set())
+
+
+# ---------------------------------------------------------------------------------------
+# Save / load
+# ---------------------------------------------------------------------------------------
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (no-op where directories can't be opened)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(directory, flags)
+    except OSError:  # Windows, or a filesystem that refuses
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically and return the path.
+
+    The dict is checked first (see :func:`check_weights_only_safe`); ``FORMAT_KEY`` is
+    added when missing (the caller's dict is not modified). The bytes go to a hidden
+    temporary file next to ``path`` (``.<name>.XXXX.tmp``), are flushed and fsynced,
+    and the file is renamed over ``path``; then the folder is fsynced so the rename
+    survives a power cut. On any failure the temporary file is removed and the error
+    re-raised, and whatever was at ``path`` before is untouched.
+    """
+    path = Path(path)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"cannot save {type(checkpoint)} to {path}: a checkpoint is a dict")
+    if FORMAT_KEY not in checkpoint:
+        checkpoint = {FORMAT_KEY: FORMAT_VERSION, **checkpoint}
+    try:
+        check_weights_only_safe(dict(checkpoint))
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot save {path}: {err}") from None
+
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(dict(checkpoint), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+            # mkstemp creates 0600; give the file the mode a plain open() would.
+            with contextlib.suppress(OSError, AttributeError):
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_directory(directory)
+    _remove_stale_temporaries(path)
+    log.debug("Saved checkpoint %s", path)
+    return path
+
+
+#: A temporary file untouched for this long belongs to a writer that died mid-write.
+STALE_TEMPORARY_SECONDS = 60.0
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.*.tmp`` files that writers killed mid-write left beside ``path``.
+
+    A live writer touches its temporary file continuously, so only files older than
+    :data:`STALE_TEMPORARY_SECONDS` are removed.
+    """
+    now = time.time()
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - leftover.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                leftover.unlink()
+                log.debug("Removed a stale temporary checkpoint file %s", leftover)
+        except OSError:
+            pass
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _weights_only_reason(message: str) -> str | None:
+    """The short reason of a weights_only refusal, or None when ``message`` is no refusal.
+
+    torch reports both a pickled object and plain garbage as an ``UnpicklingError``
+    about the weights-only unpickler; garbage shows up as an unsupported opcode.
+    """
+    message = _ANSI.sub("", message)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", message, re.S)
+    if match is None:
+        return None
+    reason = " ".join(match.group(1).split())
+    if reason.startswith("Unsupported operand"):
+        return None
+    # "Unsupported global: GLOBAL x.Y was not an allowed global by default. Please use ..."
+    for end in (" was not an allowed global", ". Please", ". Check"):
+        cut = reason.find(end)
+        if cut > 0:
+            reason = reason[:cut]
+    return reason
+
+
+def is_lightning_checkpoint(checkpoint: Any) -> bool:
+    """Whether ``checkpoint`` looks like a file written by Lightning's Trainer."""
+    return (
+        isinstance(checkpoint, Mapping)
+        and "state_dict" in checkpoint
+        and "pytorch-lightning_version" in checkpoint
+    )
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    map_location: Any = "cpu",
+    weights_only: bool = True,
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` and return its dict.
+
+    Loads with ``weights_only=True`` unless told otherwise, so a file cannot run code.
+    A Lightning checkpoint (``state_dict`` + ``pytorch-lightning_version``) is returned
+    as is, without ``FORMAT_KEY``; the caller decides what to do with it.
+
+    Raises :class:`CheckpointError` for a missing file, a corrupt or truncated file,
+    a file holding pickled objects, a file that is no busloop checkpoint, and one
+    written by a newer format than this version reads.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        reason = _weights_only_reason(str(err)) if weights_only else None
+        if reason is not None:
+            raise CheckpointError(
+                f"{path} holds pickled objects that weights_only loading refuses: {reason}"
+            ) from err
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (corrupt or truncated?): {_short(err)}"
+        ) from err
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError, ... here
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (corrupt or truncated?): {_short(err)}"
+        ) from err
+
+    if is_lightning_checkpoint(checkpoint):
+        return checkpoint
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{path} is not a busloop checkpoint (it holds a {type(checkpoint).__name__}, "
+            "not a dict)"
+        )
+    if FORMAT_KEY not in checkpoint:
+        raise CheckpointError(f"{path} is not a busloop checkpoint (no {FORMAT_KEY!r} key)")
+    version = checkpoint[FORMAT_KEY]
+    if type(version) is not int:
+        raise CheckpointError(f"{path} has an invalid {FORMAT_KEY!r}: {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written in checkpoint format {version}, newer than this busloop "
+            f"reads ({FORMAT_VERSION}); upgrade busloop to load it"
+        )
+    return checkpoint
+
+
+def _short(err: BaseException) -> str:
+    """One line describing ``err``: its type and the first line of its message."""
+    text = _ANSI.sub("", str(err)).strip()
+    first = text.splitlines()[0] if text else ""
+    if len(first) > 200:
+        first = first[:197] + "..."
+    name = type(err).__name__
+    return f"{name}: {first}" if first else name
+
+
+# ---------------------------------------------------------------------------------------
+# Random generators
+# ---------------------------------------------------------------------------------------
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
+
+def rng_state() -> dict[str, Any]:
+    """Capture every global random generator, in a ``weights_only``-safe form.
+
+    Keys: ``python`` (``random`` as ``[version, [ints], gauss_next]``), ``numpy``
+    (NumPy's legacy global generator, when NumPy is importable), ``torch`` (the CPU
+    generator's uint8 tensor) and ``cuda`` (one tensor per visible GPU, when CUDA is
+    available). Restore it with :func:`set_rng_state`.
+    """
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss_next],
+        "torch": torch.get_rng_state(),
+    }
+    np = _numpy()
+    if np is not None:
+        name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+        state["numpy"] = {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        }
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the generators captured by :func:`rng_state`.
+
+    Missing keys are left alone (a checkpoint from a run without NumPy, or without a
+    GPU, restores what it has). CUDA states are restored for as many devices as both
+    the checkpoint and this machine have; a mismatch is logged.
+    """
+    if "python" in state:
+        version, internal, gauss_next = state["python"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
+    if "torch" in state:
+        torch.set_rng_state(_byte_tensor(state["torch"]))
+    if "numpy" in state:
+        np = _numpy()
+        if np is None:
+            log.warning("Checkpoint holds a NumPy random state but NumPy is not installed")
+        else:
+            saved = state["numpy"]
+            keys = saved["keys"]
+            keys = keys.cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+            np.random.set_state(
+                (
+                    saved["bit_generator"],
+                    keys.astype(np.uint32),
+                    int(saved["pos"]),
+                    int(saved["has_gauss"]),
+                    float(saved["cached_gaussian"]),
+                )
+            )
+    if "cuda" in state:
+        saved_cuda = list(state["cuda"])
+        if not torch.cuda.is_available():
+            if saved_cuda:
+                log.warning("Checkpoint holds CUDA random states but CUDA is not available")
+            return
+        count = torch.cuda.device_count()
+        if len(saved_cuda) != count:
+            log.warning(
+                "Checkpoint holds CUDA random states for %d device(s), this machine has %d; "
+                "restoring the first %d",
+                len(saved_cuda),
+                count,
+                min(count, len(saved_cuda)),
+            )
+        for index, device_state in enumerate(saved_cuda[:count]):
+            torch.cuda.set_rng_state(_byte_tensor(device_state), index)
+
+
+def _byte_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device="cpu", dtype=torch.uint8)
+    return torch.tensor(value, dtype=torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# Versions
+# ---------------------------------------------------------------------------------------
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, torch, busloop and, when installed, lightning and numpy."""
+    found: dict[str, str] = {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "busloop": _distribution_version("busloop") or "unknown",
+    }
+    for name in ("lightning", "numpy"):
+        version = _distribution_version(name)
+        if version is not None:
+            found[name] = version
+    return found

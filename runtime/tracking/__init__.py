@@ -1,0 +1,105 @@
+"""Experiment trackers: where a run's metrics, images, config and artifacts go.
+
+``create_tracker`` builds the tracker the configuration asks for
+(``tracker: {save_directory, run_name, backends}``): the local file tracker by
+default, TensorBoard and MLflow when their packages are installed, several at once
+through :class:`MultiTracker`, and a :class:`NullTracker` on every rank but zero.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..distributed import is_rank_zero
+from .base import FINAL_STATUSES, MultiTracker, NullTracker, Tracker
+from .local import LocalTracker, new_run_dir
+
+__all__ = [
+    "BACKENDS",
+    "FINAL_STATUSES",
+    "LocalTracker",
+    "MultiTracker",
+    "NullTracker",
+    "Tracker",
+    "create_tracker",
+]
+
+#: The backend names ``create_tracker`` knows.
+BACKENDS = ("local", "tensorboard", "mlflow")
+
+
+def _check_available(backend: str) -> None:
+    """Raise a ValueError saying what to install when ``backend``'s package is missing."""
+    if backend == "tensorboard":
+        try:
+            importlib.import_module("torch.utils.tensorboard")
+        except ImportError:
+            raise ValueError(
+                "tracker.backends: 'tensorboard' needs the tensorboard package "
+                "(pip install tensorboard)"
+            ) from None
+    elif backend == "mlflow":
+        if "mlflow" in sys.modules:  # imported already (or blocked with None)
+            available = sys.modules["mlflow"] is not None
+        else:  # mlflow is slow to import: look, don't import, on every rank
+            available = importlib.util.find_spec("mlflow") is not None
+        if not available:
+            raise ValueError(
+                "tracker.backends: 'mlflow' needs the mlflow package (pip install mlflow)"
+            )
+
+
+def create_tracker(
+    save_directory: str | os.PathLike[str] = "runs",
+    run_name: str | None = None,
+    backends: Sequence[str] = ("local",),
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+) -> Tracker:
+    """Build the tracker for a run from the ``tracker`` config section.
+
+    Every rank checks ``backends`` (so a typo fails everywhere alike); only rank zero
+    creates a run folder, the others get a :class:`NullTracker`. ``run_dir`` reopens an
+    existing run folder (resume) instead of numbering a new one. One backend gives its
+    tracker, several a :class:`MultiTracker` sharing one run folder, none a NullTracker.
+    """
+    if isinstance(backends, str):
+        backends = [backends]
+    names: list[str] = []
+    for backend in backends:
+        name = str(backend).strip().lower()
+        if name not in BACKENDS:
+            raise ValueError(
+                f"tracker.backends: unknown backend {backend!r}; "
+                f"valid backends are {', '.join(repr(b) for b in BACKENDS)}"
+            )
+        if name not in names:
+            names.append(name)
+    for name in names:
+        _check_available(name)
+    if not is_rank_zero() or not names:
+        return NullTracker()
+
+    trackers: list[Tracker] = []
+    folder: Path | None = Path(run_dir) if run_dir is not None else None
+    if "local" in names:
+        local = LocalTracker(save_directory, run_name, run_dir=folder)
+        folder = local.run_dir
+        trackers.append(local)
+    for name in names:
+        if name == "tensorboard":
+            from .tensorboard import TensorBoardTracker
+
+            if folder is None:
+                folder = new_run_dir(save_directory, run_name)
+            trackers.append(TensorBoardTracker(folder))
+        elif name == "mlflow":
+            from .mlflow import MLflowTracker
+
+            trackers.append(MLflowTracker(folder, run_name))
+    return trackers[0] if len(trackers) == 1 else MultiTracker(trackers)

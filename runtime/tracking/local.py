@@ -1,0 +1,264 @@
+"""The default tracker: plain files in a numbered run folder.
+
+```
+runs/<N>-<run-name>/
+  config.yaml  hparams.yaml  log.txt  metrics.jsonl  status.txt
+  checkpoints/  images/<tag>/<step>.png  artifacts/
+```
+
+Everything the library logs through the ``busloop`` logger also lands in ``log.txt``
+while the tracker is open.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from .base import Tracker, to_hwc_uint8
+
+__all__ = ["LocalTracker", "new_run_dir", "next_run_number"]
+
+log = logging.getLogger("busloop.tracking")
+
+_LIBRARY_LOGGER = "busloop"
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_RUN_PREFIX = re.compile(r"^(\d+)-")
+
+
+def next_run_number(save_directory: str | os.PathLike[str]) -> int:
+    """1 + the largest ``N`` among ``<N>-*`` folders in ``save_directory`` (0 when none)."""
+    directory = Path(save_directory)
+    if not directory.is_dir():
+        return 0
+    numbers = []
+    for entry in directory.iterdir():
+        match = _RUN_PREFIX.match(entry.name)
+        if match and entry.is_dir():
+            numbers.append(int(match.group(1)))
+    return max(numbers) + 1 if numbers else 0
+
+
+def _clean_run_name(run_name: str | None) -> str:
+    if run_name is None or not str(run_name).strip():
+        return "run-" + time.strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[\\/\s]+", "_", str(run_name).strip())
+    return name.strip(".") or "run"
+
+
+def new_run_dir(
+    save_directory: str | os.PathLike[str] = "runs", run_name: str | None = None
+) -> Path:
+    """Create and return a fresh ``<save_directory>/<N>-<run_name>`` folder.
+
+    ``run_name`` defaults to ``run-<YYYYmmdd-HHMMSS>``. When another process takes the
+    same number at the same moment, the next number is used.
+    """
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = _clean_run_name(run_name)
+    number = next_run_number(directory)
+    for _ in range(1000):
+        candidate = directory / f"{number}-{name}"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            number = max(number + 1, next_run_number(directory))
+            continue
+        return candidate
+    raise RuntimeError(f"could not create a new run folder in {directory}")
+
+
+def _yaml_safe(value: Any) -> Any:
+    """``value`` as plain YAML types: dicts, lists, str, numbers, bool, None."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {
+            (k if isinstance(k, (str, int, float, bool)) else str(k)): _yaml_safe(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_yaml_safe(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return _yaml_safe(value.value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    item = getattr(value, "item", None)  # torch / numpy scalars
+    if callable(item) and getattr(value, "ndim", None) == 0:
+        try:
+            return _yaml_safe(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+def _write_yaml(path: Path, data: Mapping[str, Any]) -> None:
+    text = yaml.safe_dump(_yaml_safe(data), sort_keys=False, allow_unicode=True)
+    path.write_text(text, encoding="utf-8")
+
+
+class _LibraryLogLevel:
+    """Lowers the ``busloop`` logger to INFO while at least one run log is attached."""
+
+    users = 0
+    saved_level: int | None = None
+
+    @classmethod
+    def acquire(cls) -> None:
+        logger = logging.getLogger(_LIBRARY_LOGGER)
+        if cls.users == 0 and logger.getEffectiveLevel() > logging.INFO:
+            cls.saved_level = logger.level
+            logger.setLevel(logging.INFO)
+        cls.users += 1
+
+    @classmethod
+    def release(cls) -> None:
+        cls.users = max(0, cls.users - 1)
+        if cls.users == 0 and cls.saved_level is not None:
+            logging.getLogger(_LIBRARY_LOGGER).setLevel(cls.saved_level)
+            cls.saved_level = None
+
+
+class LocalTracker(Tracker):
+    """Writes a run's records as files in ``<save_directory>/<N>-<run_name>/``.
+
+    ``N`` is one more than the largest number among the folders already there (0 for
+    the first run). Pass ``run_dir`` to reopen an existing run folder instead (resume):
+    metrics and the log are appended to.
+
+    Files: ``metrics.jsonl`` (one JSON object per :meth:`log_metrics` call),
+    ``hparams.yaml``, ``config.yaml`` (:meth:`save_config`), ``log.txt`` (everything
+    logged to the ``busloop`` logger at INFO and above), ``status.txt`` ("running" until
+    :meth:`finalize` writes the final status), ``images/<tag>/<step>.png`` and
+    ``artifacts/``. ``checkpoints/`` is created for the runtime's checkpoints.
+    """
+
+    run_dir: Path
+
+    def __init__(
+        self,
+        save_directory: str | os.PathLike[str] = "runs",
+        run_name: str | None = None,
+        *,
+        run_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.status = None
+        if run_dir is not None:
+            self.run_dir = Path(run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            resumed = True
+        else:
+            self.run_dir = new_run_dir(save_directory, run_name)
+            resumed = False
+        self.run_name = self.run_dir.name
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.image_dir = self.run_dir / "images"
+        self.artifact_dir = self.run_dir / "artifacts"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        self.image_dir.mkdir(exist_ok=True)
+        self._hparams: dict[str, Any] = {}
+        self._metrics_file: IO[str] | None = None
+        (self.run_dir / "status.txt").write_text("running\n", encoding="utf-8")
+
+        self._handler: logging.Handler | None = logging.FileHandler(
+            self.run_dir / "log.txt", mode="a", encoding="utf-8"
+        )
+        self._handler.setLevel(logging.INFO)
+        self._handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        logging.getLogger(_LIBRARY_LOGGER).addHandler(self._handler)
+        _LibraryLogLevel.acquire()
+        log.info("%s run folder %s", "Resuming in" if resumed else "New", self.run_dir)
+
+    # -- records -------------------------------------------------------------------------
+
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        """Merge ``params`` into ``hparams.yaml`` (later calls update earlier keys)."""
+        self._hparams.update(params)
+        _write_yaml(self.run_dir / "hparams.yaml", self._hparams)
+
+    def save_config(self, cfg_dict: Mapping[str, Any]) -> None:
+        """Write the resolved configuration to ``config.yaml``, keys in their order."""
+        _write_yaml(self.run_dir / "config.yaml", cfg_dict)
+
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int, epoch: int | None = None
+    ) -> None:
+        """Append ``{"step", "epoch", **metrics}`` as one line to ``metrics.jsonl``."""
+        record: dict[str, Any] = {
+            "step": int(step),
+            "epoch": None if epoch is None else int(epoch),
+        }
+        for name, value in metrics.items():
+            if name in ("step", "epoch"):
+                continue
+            try:
+                record[str(name)] = float(value)
+            except (TypeError, ValueError) as err:
+                raise TypeError(
+                    f"metric {name!r} must be a number, got {type(value).__name__}: {err}"
+                ) from None
+        if self._metrics_file is None or self._metrics_file.closed:
+            self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+
+    def log_image(self, tag: str, image: Any, step: int) -> Path:
+        """Save ``image`` as ``images/<tag>/<step>.png``; slashes in ``tag`` make folders."""
+        from PIL import Image
+
+        parts = [p for p in str(tag).replace("\\", "/").split("/") if p not in ("", ".", "..")]
+        folder = self.image_dir.joinpath(*parts) if parts else self.image_dir / "image"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{int(step)}.png"
+        Image.fromarray(to_hwc_uint8(image)).save(path, format="PNG")
+        return path
+
+    def log_artifact(self, path: str | os.PathLike[str], kind: str) -> Path:
+        """Keep a copy of ``path`` in ``artifacts/`` unless it already lies in the run folder.
+
+        Returns the artifact's path inside the run folder.
+        """
+        source = Path(path)
+        if not source.exists():
+            raise FileNotFoundError(f"artifact ({kind}) not found: {source}")
+        resolved = source.resolve()
+        if resolved.is_relative_to(self.run_dir.resolve()):
+            log.info("Artifact (%s): %s", kind, resolved)
+            return resolved
+        self.artifact_dir.mkdir(exist_ok=True)
+        target = self.artifact_dir / source.name
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+        log.info("Artifact (%s) copied to %s", kind, target)
+        return target
+
+    # -- end -----------------------------------------------------------------------------
+
+    def _finalize(self, status: str) -> None:
+        (self.run_dir / "status.txt").write_text(status + "\n", encoding="utf-8")
+        log.info("Run finished: %s", status)
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            logging.getLogger(_LIBRARY_LOGGER).removeHandler(handler)
+            handler.close()
+            _LibraryLogLevel.release()
+
+    def __repr__(self) -> str:
+        return f"LocalTracker(run_dir={str(self.run_dir)!r}, status={self.status!r})"

@@ -1,0 +1,416 @@
+"""Checkpoint files: weights_only-safe content, clear errors, RNG round trips, atomicity."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # the package need not be installed to run the tests
+    sys.path.insert(0, str(REPO_ROOT))
+
+from runtime.checkpoint import (  # noqa: E402
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    versions,
+)
+
+
+class Opaque:
+    """A plain object: pickle can store it, weights_only loading must refuse it."""
+
+    def __init__(self) -> None:
+        self.value = 3
+
+
+def _model_and_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 8),
+        torch.nn.BatchNorm1d(8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 2),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 2, (16,)))
+    loss.backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def _full_checkpoint() -> dict:
+    model, optimizer = _model_and_optimizer()
+    return {
+        FORMAT_KEY: FORMAT_VERSION,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "loop": {"epoch": 3, "global_step": 120, "batch_idx": 7},
+        "rng": rng_state(),
+        "callbacks": {
+            "EarlyStopping{'monitor': 'val/loss'}": {
+                "wait": 2,
+                "best": torch.tensor(0.25),
+                "history": [1.0, 0.5, [1, 2, {"deep": None, "flag": True}]],
+                "shape": torch.Size([2, 3]),
+                "pair": (1, "a"),
+            }
+        },
+        "config": OrderedDict(trainer={"epochs": 10, "precision": "32"}),
+        "versions": versions(),
+    }
+
+
+def _assert_same_checkpoint(loaded: dict, original: dict) -> None:
+    assert loaded[FORMAT_KEY] == FORMAT_VERSION
+    assert loaded["model"].keys() == original["model"].keys()
+    for key, tensor in original["model"].items():
+        assert torch.equal(loaded["model"][key], tensor), key
+    momentum = loaded["optimizer"]["state"][0]["momentum_buffer"]
+    assert torch.equal(momentum, original["optimizer"]["state"][0]["momentum_buffer"])
+    assert loaded["optimizer"]["param_groups"][0]["momentum"] == 0.9
+    assert loaded["loop"] == original["loop"]
+    callback = loaded["callbacks"]["EarlyStopping{'monitor': 'val/loss'}"]
+    assert callback["history"] == [1.0, 0.5, [1, 2, {"deep": None, "flag": True}]]
+    assert callback["shape"] == torch.Size([2, 3])
+    assert callback["pair"] == (1, "a")
+    assert float(callback["best"]) == 0.25
+    assert loaded["config"] == original["config"]
+    assert loaded["versions"]["torch"] == str(torch.__version__)
+
+
+def test_full_checkpoint_loads_with_plain_weights_only_torch_load(tmp_path: Path) -> None:
+    original = _full_checkpoint()
+    path = save_checkpoint(original, tmp_path / "sub" / "dir" / "last.ckpt")
+    assert path == tmp_path / "sub" / "dir" / "last.ckpt"
+
+    direct = torch.load(path, weights_only=True)
+    _assert_same_checkpoint(direct, original)
+    _assert_same_checkpoint(load_checkpoint(path), original)
+
+    # the states restore into fresh objects
+    model, optimizer = _model_and_optimizer()
+    model.load_state_dict(direct["model"])
+    optimizer.load_state_dict(direct["optimizer"])
+    # no temporary file left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_save_adds_the_format_key_without_touching_the_callers_dict(tmp_path: Path) -> None:
+    original = {"weights": torch.ones(3)}
+    save_checkpoint(original, tmp_path / "a.ckpt")
+    assert FORMAT_KEY not in original
+    assert load_checkpoint(tmp_path / "a.ckpt")[FORMAT_KEY] == FORMAT_VERSION
+
+
+def test_save_overwrites_atomically_and_keeps_umask_mode(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    save_checkpoint({"step": 1}, path)
+    save_checkpoint({"step": 2}, path)
+    assert load_checkpoint(path)["step"] == 2
+    if os.name == "posix":
+        mask = os.umask(0)
+        os.umask(mask)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_save_removes_stale_temporaries_of_killed_writers(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    stale = tmp_path / ".last.ckpt.abc123.tmp"
+    fresh = tmp_path / ".last.ckpt.def456.tmp"
+    other = tmp_path / ".best.ckpt.abc123.tmp"
+    for leftover in (stale, fresh, other):
+        leftover.write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    save_checkpoint({"step": 1}, path)
+    assert not stale.exists()
+    assert fresh.exists()  # may belong to a writer still at work
+    assert other.exists()  # another checkpoint's business
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "key_path"),
+    [
+        ({"callbacks": {"MyCb": {"foo": Opaque()}}}, "callbacks.MyCb.foo"),
+        ({"history": [1, 2, Opaque()]}, "history[2]"),
+        ({"metrics": {"val": np.float32(0.5)}}, "metrics.val"),
+        ({"weights": np.zeros(3)}, "weights"),
+    ],
+)
+def test_unsafe_content_is_refused_at_save_with_its_key_path(
+    tmp_path: Path, checkpoint: dict, key_path: str
+) -> None:
+    path = tmp_path / "bad.ckpt"
+    save_checkpoint({"good": 1}, path)
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(checkpoint, path)
+    message = str(info.value)
+    assert f"{key_path}: <class " in message
+    assert "cannot be stored; checkpoints hold tensors, numbers, strings, lists and dicts only" in (
+        message
+    )
+    assert str(path) in message
+    # the good file is untouched and no temporary file was left
+    assert load_checkpoint(path)["good"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.ckpt"]
+
+
+def test_opaque_class_name_appears_in_the_refusal(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"callbacks\.MyCb\.foo: <class '.*Opaque'>"):
+        save_checkpoint({"callbacks": {"MyCb": {"foo": Opaque()}}}, tmp_path / "x.ckpt")
+
+
+def test_failed_write_removes_the_temporary_file_and_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "last.ckpt"
+    save_checkpoint({"step": 1}, path)
+
+    def broken_save(obj: object, handle) -> None:
+        handle.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert load_checkpoint(path)["step"] == 1
+
+
+# -- load errors ------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.ckpt"
+    with pytest.raises(CheckpointError, match=f"^checkpoint not found: {path}$"):
+        load_checkpoint(path)
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    path = save_checkpoint(_full_checkpoint(), tmp_path / "full.ckpt")
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(truncated)
+    assert str(info.value).startswith(
+        f"{truncated} is not a readable checkpoint (corrupt or truncated?): "
+    )
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [os.urandom(4096), b"", b"hello world\n", b"PK\x03\x04junk"])
+def test_garbage_files(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "garbage.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(
+        f"{path} is not a readable checkpoint (corrupt or truncated?): "
+    )
+
+
+def test_foreign_torch_file(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.pt"
+    torch.save({"a": 1}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == f"{path} is not a busloop checkpoint (no 'busloop_format' key)"
+
+
+def test_foreign_non_dict_file(tmp_path: Path) -> None:
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.ones(2), path)
+    with pytest.raises(CheckpointError, match="is not a busloop checkpoint"):
+        load_checkpoint(path)
+
+
+def test_pickled_custom_class_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pickled.ckpt"
+    torch.save({FORMAT_KEY: FORMAT_VERSION, "callback": Opaque()}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} holds pickled objects that weights_only loading refuses: ")
+    assert "Opaque" in message
+    assert "\n" not in message and "\x1b" not in message
+    # a trusted file can still be read on request
+    assert isinstance(load_checkpoint(path, weights_only=False)["callback"], Opaque)
+
+
+def test_lightning_checkpoint_is_returned_as_is(tmp_path: Path) -> None:
+    path = tmp_path / "lightning.ckpt"
+    torch.save(
+        {
+            "state_dict": {"layer.weight": torch.ones(2, 2)},
+            "pytorch-lightning_version": "2.6.0",
+            "epoch": 4,
+            "global_step": 100,
+        },
+        path,
+    )
+    loaded = load_checkpoint(path)
+    assert FORMAT_KEY not in loaded
+    assert loaded["epoch"] == 4
+    assert torch.equal(loaded["state_dict"]["layer.weight"], torch.ones(2, 2))
+
+
+def test_newer_format_is_refused(tmp_path: Path) -> None:
+    path = save_checkpoint({FORMAT_KEY: FORMAT_VERSION + 1, "step": 1}, tmp_path / "new.ckpt")
+    with pytest.raises(CheckpointError, match=r"format 2, newer than this busloop reads \(1\)"):
+        load_checkpoint(path)
+
+
+def test_map_location(tmp_path: Path) -> None:
+    path = save_checkpoint({"w": torch.ones(2)}, tmp_path / "w.ckpt")
+    assert load_checkpoint(path, map_location="cpu")["w"].device.type == "cpu"
+
+
+# -- RNG ---------------------------------------------------------------------------------
+
+
+def _draws() -> tuple:
+    return (
+        [random.random() for _ in range(3)],
+        random.gauss(0, 1),
+        np.random.rand(3).tolist(),
+        np.random.randn(3).tolist(),
+        torch.rand(3).tolist(),
+        torch.randn(2).tolist(),
+    )
+
+
+def test_rng_state_round_trip_through_a_weights_only_file(tmp_path: Path) -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    # leave a cached gaussian in both random and numpy, so that part is exercised too
+    random.gauss(0, 1)
+    np.random.randn(1)
+
+    state = rng_state()
+    expected = _draws()
+    assert isinstance(state["python"], list)
+    assert state["torch"].dtype == torch.uint8
+
+    save_checkpoint({"rng": state}, tmp_path / "rng.ckpt")
+    loaded = torch.load(tmp_path / "rng.ckpt", weights_only=True)["rng"]
+
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    assert _draws() != expected
+
+    set_rng_state(loaded)
+    assert _draws() == expected
+    set_rng_state(load_checkpoint(tmp_path / "rng.ckpt")["rng"])
+    assert _draws() == expected
+
+
+def test_versions() -> None:
+    found = versions()
+    assert found["torch"] == str(torch.__version__)
+    assert found["python"].count(".") == 2
+    assert found["numpy"] == np.__version__
+    assert "busloop" in found
+    assert all(type(v) is str for v in found.values())
+
+
+# -- atomicity under SIGKILL -------------------------------------------------------------
+
+# Imports torch once, then forks one writer per round (a fresh interpreter per round
+# would spend seconds importing torch). Each writer saves ~4 MB checkpoints to the same
+# path in a tight loop until it is killed.
+_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    from runtime.checkpoint import save_checkpoint
+
+    path = sys.argv[1]
+    for line in sys.stdin:
+        round_no = int(line)
+        pid = os.fork()
+        if pid == 0:
+            i = 0
+            while True:
+                i += 1
+                value = round_no * 1_000_000 + i
+                save_checkpoint(
+                    {
+                        "busloop_format": 1,
+                        "value": value,
+                        "weights": torch.full((1_000_000,), float(value)),
+                        "meta": {"tag": "x" * (i % 50), "items": list(range(i % 100))},
+                    },
+                    path,
+                )
+        print(pid, flush=True)
+        os.waitpid(pid, 0)
+        print("reaped", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL")
+def test_sigkill_during_saves_never_leaves_a_broken_file(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert launcher.stdin is not None and launcher.stdout is not None
+    rounds = 8
+    chooser = random.Random(1234)
+    try:
+        for round_no in range(1, rounds + 1):
+            launcher.stdin.write(f"{round_no}\n")
+            launcher.stdin.flush()
+            writer = int(launcher.stdout.readline())
+            deadline = time.monotonic() + 60
+            while not path.exists():
+                assert time.monotonic() < deadline, "the writer never produced a checkpoint"
+                time.sleep(0.01)
+            time.sleep(chooser.uniform(0.0, 0.3))
+            os.kill(writer, signal.SIGKILL)
+            # the launcher reports when the writer is really gone
+            assert launcher.stdout.readline().strip() == "reaped"
+
+            loaded = torch.load(path, weights_only=True)
+            value = loaded["value"]
+            i = value % 1_000_000
+            assert loaded["busloop_format"] == 1
+            assert loaded["weights"].shape == (1_000_000,)
+            assert bool((loaded["weights"] == float(value)).all())
+            assert loaded["meta"] == {"tag": "x" * (i % 50), "items": list(range(i % 100))}
+            assert load_checkpoint(path)["value"] == value
+    finally:
+        launcher.stdin.close()
+        try:
+            launcher.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
+        launcher.stdout.close()
