@@ -77,6 +77,31 @@ def batch_size_of(batch: Any) -> int:
     return 1
 
 
+class _SkippingIterator:
+    """Batch indices after the first ``skip`` batches; the skip runs on :meth:`start`."""
+
+    def __init__(self, batch_sampler: Iterable[list[int]], skip: int) -> None:
+        self._source = batch_sampler
+        self._skip = skip
+        self._indices: Iterator[list[int]] | None = None
+
+    def start(self) -> None:
+        """Draw (and drop) the skipped batches' indices; idempotent."""
+        if self._indices is None:
+            self._indices = iter(self._source)
+            for _ in range(self._skip):
+                if next(self._indices, None) is None:
+                    break
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self
+
+    def __next__(self) -> list[int]:
+        self.start()
+        assert self._indices is not None
+        return next(self._indices)
+
+
 class _SkipFirstBatches:
     """A batch sampler that drops its first ``skip`` batches of indices (no data loaded)."""
 
@@ -84,12 +109,8 @@ class _SkipFirstBatches:
         self.batch_sampler = batch_sampler
         self.skip = skip
 
-    def __iter__(self) -> Iterator[list[int]]:
-        indices = iter(self.batch_sampler)
-        for _ in range(self.skip):
-            if next(indices, None) is None:
-                return
-        yield from indices
+    def __iter__(self) -> _SkippingIterator:
+        return _SkippingIterator(self.batch_sampler, self.skip)
 
     def __len__(self) -> int:
         return max(0, len(self.batch_sampler) - self.skip)  # type: ignore[arg-type]
@@ -99,9 +120,12 @@ def iterate(loader: Iterable[Any], skip: int = 0) -> Iterator[Any]:
     """An iterator over ``loader`` that starts after ``skip`` batches.
 
     For a ``DataLoader`` with a batch sampler, the skipped batches' indices are drawn from
-    the sampler (so a shuffled order and every random draw it makes are the same as in the
-    uninterrupted epoch) but no sample is loaded. Other iterables are advanced by consuming
-    batches, which does load them.
+    the sampler but no sample is loaded, and every random draw happens in the same order
+    as in an epoch that starts from batch 0: the iterator's base seed first, then the
+    sampler's own seed (RandomSampler draws it from the global RNG when it starts). The
+    skip is started before this function returns, so the caller may then restore the
+    random state it had when the skipped batches were trained. Other iterables are
+    advanced by consuming batches, which does load them.
     """
     if skip <= 0:
         return iter(loader)
@@ -111,9 +135,15 @@ def iterate(loader: Iterable[Any], skip: int = 0) -> Iterator[Any]:
         # while the iterator is created, which is when it reads the sampler.
         object.__setattr__(loader, "batch_sampler", _SkipFirstBatches(original, skip))
         try:
-            return iter(loader)
+            iterator = iter(loader)
         finally:
             object.__setattr__(loader, "batch_sampler", original)
+        # A single-process iterator starts its sampler lazily, on the first batch; start it
+        # now (worker iterators already did, to prefetch).
+        sampler_iterator = getattr(iterator, "_sampler_iter", None)
+        if isinstance(sampler_iterator, _SkippingIterator):
+            sampler_iterator.start()
+        return iterator
     log.info("Skipping %d batches by loading them (the loader has no batch sampler)", skip)
     iterator = iter(loader)
     for _ in range(skip):

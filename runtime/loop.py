@@ -92,6 +92,7 @@ class _ResumePoint:
     epoch_done: bool
     epoch_rng: dict[str, Any] | None
     rng: dict[str, Any] | None
+    val_pending: bool = False
 
 
 class Runtime:
@@ -141,6 +142,7 @@ class Runtime:
         self._batch: Any = None
         self._batch_size: int | None = None
         self._epoch_rng: dict[str, Any] | None = None
+        self._val_pending = False
         self._resume: _ResumePoint | None = None
         self._predictions: list[Any] = []
         self._epoch_metrics: dict[str, dict[str, float]] = {}
@@ -268,6 +270,7 @@ class Runtime:
                 "epoch": st.epoch,
                 "batch_idx": st.batch_idx,
                 "epoch_done": epoch_done,
+                "val_pending": self._val_pending,
                 "epoch_rng": None if epoch_done else self._epoch_rng,
                 "pending_logs": _pending_logs(self._logs.get("train", {})),
             },
@@ -315,17 +318,22 @@ class Runtime:
 
         self._train_model.train()
         set_sampler_epoch(loader, st.epoch)
-        if resume is not None and resume.epoch_rng is not None:
-            set_rng_state(resume.epoch_rng)
+        # Exact resume: replay the epoch's start (same shuffle, same worker seeds), skip the
+        # batches already trained at the sampler level, then continue the saved random stream.
+        if resume is not None:
+            set_rng_state(resume.epoch_rng if resume.epoch_rng is not None else resume.rng)
         self._epoch_rng = rng_state()
         batches = iterate(loader, skip)
-        if resume is not None and resume.rng is not None:
+        if resume is not None and resume.epoch_rng is not None:
             set_rng_state(resume.rng)
 
         self._begin_stage("train")
         st.training = True
         ev.train_epoch_start.emit(self)
+        validates = val_loader is not None and st.num_val_batches > 0 and self._is_val_epoch()
         val_every = self._val_check_batches(n)
+        if resume is not None and resume.val_pending and validates:
+            self._validation_block(val_loader)  # due after the checkpointed batch, not yet run
 
         batch_start, batch_end = ev.train_batch_start, ev.train_batch_end
         for batch_idx in range(skip, n):
@@ -337,15 +345,13 @@ class Runtime:
             if batch_start.dispatch: batch_start.emit(self, batch=batch, batch_idx=batch_idx)  # noqa: E701
             outputs = self._training_batch(batch, batch_idx, is_last=batch_idx + 1 == n)
             st.batch_idx = batch_idx + 1
+            self._val_pending = validates and ((batch_idx + 1) % val_every == 0 or batch_idx + 1 == n)
             if batch_end.dispatch: batch_end.emit(self, outputs=outputs, batch=batch, batch_idx=batch_idx)  # noqa: E701
             if self.tracker is not None and st.global_step % cfg.log_every_n_steps == 0:
                 self._log_step_metrics()
 
-            if val_loader is not None and self._is_val_epoch() and st.num_val_batches and (
-                st.should_stop or (batch_idx + 1) % val_every == 0 or batch_idx + 1 == n
-            ):
-                self._validation_block(val_loader)
-                self._begin_stage("train")
+            if self._val_pending or (validates and st.should_stop):
+                self._validation_block(val_loader)  # type: ignore[arg-type]
             if st.should_stop or self._max_steps_reached():
                 break
         self._batch = None
@@ -407,8 +413,7 @@ class Runtime:
         if not resumed_after_epoch_end:
             self._reduce("train")
             ev.train_epoch_end.emit(self)
-            metrics = self._reduce("train")
-            ev.epoch_metrics.emit(self, stage="train", metrics=metrics)
+            self._publish_epoch_metrics("train", self._reduce("train"))
             self._log_epoch_summary()
         if st.batch_idx >= st.num_training_batches:
             self._step_schedulers("epoch", st.epoch + 1, plateau=True)
@@ -419,11 +424,13 @@ class Runtime:
     # ------------------------------------------------------------------ evaluation
     def _validation_block(self, loader: Iterable[Any]) -> dict[str, float]:
         """Validation inside fit: the module is in eval mode from validation_start to _end."""
+        self._val_pending = False
         self._train_model.eval()
         try:
             return self._eval_epoch("validation", loader, self.state.num_val_batches)
         finally:
             self._train_model.train()
+            self._begin_stage("train")
 
     def _sanity_check(self, loader: Iterable[Any]) -> None:
         cfg, st, ev = self.config.trainer, self.state, self.bus.event
@@ -484,7 +491,7 @@ class Runtime:
             epoch_end.emit(self)
             metrics = self._reduce(prefix)
             if not self.state.sanity_checking:
-                self.bus.event.epoch_metrics.emit(self, stage=prefix, metrics=metrics)
+                self._publish_epoch_metrics(prefix, metrics)
         else:
             epoch_end.emit(self)
         end.emit(self)
@@ -562,6 +569,14 @@ class Runtime:
             logs.clear()
         metrics = dict(self._epoch_metrics.get(prefix, {}))
         return metrics
+
+    def _publish_epoch_metrics(self, stage: str, metrics: dict[str, float]) -> None:
+        """Record a stage's epoch metrics in history and the tracker, then emit the event."""
+        st = self.state
+        st.history.append({"stage": stage, "epoch": st.epoch, "global_step": st.global_step, **metrics})
+        if self.tracker is not None and metrics:
+            self.tracker.log_metrics(metrics, step=st.global_step, epoch=st.epoch)
+        self.bus.event.epoch_metrics.emit(self, stage=stage, metrics=metrics)
 
     def _reduce_device(self) -> torch.device:
         if dist.is_available_and_initialized() and self.device.type == "cuda":
@@ -758,6 +773,7 @@ class Runtime:
             batch_idx=st.batch_idx,
             epoch_done=bool(loop["epoch_done"]),
             epoch_rng=loop.get("epoch_rng"),
+            val_pending=bool(loop.get("val_pending", False)),
             rng=checkpoint.get("rng"),
         )
         log.info("Resumed from %s at epoch %d, batch %d, step %d", path, st.epoch, st.batch_idx, st.global_step)

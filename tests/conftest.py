@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny real datasets and models, runs written under tmp_path."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+@pytest.fixture(autouse=True)
+def _isolated_run_dirs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs that create a tracker write ``runs/`` inside the test's tmp folder."""
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _reset_busloop_logger() -> Any:
+    """Each test gets the "busloop" logger without handlers left by a previous test."""
+    logger = logging.getLogger("busloop")
+    before = list(logger.handlers)
+    yield
+    for handler in list(logger.handlers):
+        if handler not in before:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def make_data(n: int = 96, features: int = 8, seed: int = 0) -> TensorDataset:
+    """A linearly separable two-class problem with a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=generator)
+    y = (x[:, : features // 2].sum(1) > x[:, features // 2 :].sum(1)).long()
+    return TensorDataset(x, y)
+
+
+def make_loader(n: int = 96, batch_size: int = 16, shuffle: bool = False, seed: int = 0, **kw: Any) -> DataLoader[Any]:
+    return DataLoader(make_data(n, seed=seed), batch_size=batch_size, shuffle=shuffle, **kw)
+
+
+def make_model(seed: int = 0, dropout: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 2))
+
+
+def base_config(**trainer: Any) -> dict[str, Any]:
+    """A config dict for fast tests: SGD, no sanity steps unless asked, a tracker in cwd."""
+    return {
+        "optimizer": {"name": "SGD", "params": {"lr": 0.1, "momentum": 0.9}},
+        "trainer": {"epochs": 2, "num_sanity_val_steps": 0, **trainer},
+    }

@@ -1,0 +1,287 @@
+"""Loop features on real (small) training runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import base_config, make_loader, make_model
+from runtime import Callback, Runtime
+from runtime.checkpoint import load_checkpoint
+from runtime.tracking import NullTracker
+
+F = nn.functional
+
+
+def _runtime(model: nn.Module, callbacks: list[Any] | None = None, **trainer: Any) -> Runtime:
+    return Runtime(model, callbacks or [], base_config(**trainer), loss=F.cross_entropy, tracker=NullTracker())
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_same_seed_gives_bitwise_identical_weights() -> None:
+    results = []
+    for _ in range(2):
+        model = make_model(seed=5, dropout=0.3)
+        _runtime(model, seed=11, epochs=2).fit(make_loader(shuffle=True), make_loader(32))
+        results.append(_weights(model))
+    for name in results[0]:
+        assert torch.equal(results[0][name], results[1][name]), name
+    other = make_model(seed=5, dropout=0.3)
+    _runtime(other, seed=12, epochs=2).fit(make_loader(shuffle=True), make_loader(32))
+    assert not torch.equal(_weights(other)["0.weight"], results[0]["0.weight"])
+
+
+def test_gradient_accumulation_matches_a_k_times_larger_batch() -> None:
+    accumulated, large = make_model(seed=2), make_model(seed=2)
+    cfg = {"optimizer": {"name": "SGD", "params": {"lr": 0.5}}, "trainer": {"epochs": 2, "num_sanity_val_steps": 0}}
+    cfg_acc = {**cfg, "trainer": {**cfg["trainer"], "accumulate_grad_batches": 4}}
+    steps = []
+    for model, config, batch_size in ((accumulated, cfg_acc, 8), (large, cfg, 32)):
+        rt = Runtime(model, [], config, loss=F.cross_entropy, tracker=NullTracker())
+        steps.append(rt.fit(make_loader(64, batch_size=batch_size)).global_step)
+    assert steps == [4, 4]
+    for (name, a), b in zip(_weights(accumulated).items(), _weights(large).values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert not torch.equal(_weights(large)["0.weight"], _weights(make_model(seed=2))["0.weight"])
+
+
+class GradProbe(Callback):
+    """Records the gradient norm / max before clipping and after (at batch end)."""
+
+    def __init__(self) -> None:
+        self.before: list[tuple[float, float]] = []
+        self.after: list[tuple[float, float]] = []
+
+    @staticmethod
+    def _measure(module: nn.Module) -> tuple[float, float]:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+        return norm, max(g.abs().max().item() for g in grads)
+
+    def on_before_optimizer_step(self, runtime: Runtime, optimizer: Any) -> None:
+        self.before.append(self._measure(runtime.model))
+
+    def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.after.append(self._measure(runtime.model))
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_gradient_clipping(algorithm: str) -> None:
+    probe = GradProbe()
+    clip = 0.05
+    _runtime(make_model(), [probe], gradient_clip_val=clip, gradient_clip_algorithm=algorithm).fit(make_loader())
+    index = 0 if algorithm == "norm" else 1
+    assert max(b[index] for b in probe.before) > clip * 2  # clipping had work to do
+    assert all(a[index] <= clip * (1 + 1e-5) for a in probe.after)
+
+
+def test_bf16_mixed_on_cpu_runs_forward_in_bfloat16_and_learns() -> None:
+    dtypes: list[torch.dtype] = []
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_model()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.net(x)
+            dtypes.append(out.dtype)
+            return out
+
+    model = Probe()
+    rt = _runtime(model, epochs=4, precision="bf16-mixed")
+    rt.fit(make_loader(), make_loader(32))
+    first = [h for h in rt.state.history if h["stage"] == "train"][0]["train/loss"]
+    assert set(dtypes) == {torch.bfloat16}
+    assert rt.state.metrics["train/loss"] < first
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_16_mixed_on_cpu_uses_a_grad_scaler() -> None:
+    rt = _runtime(make_model(), precision="16-mixed")
+    rt.fit(make_loader())
+    assert rt.scaler is not None and rt.scaler.get_scale() > 0
+    assert rt.state.global_step == 12
+
+
+def _lrs(rt_callbacks: list[Any], scheduler: dict[str, Any], epochs: int = 3, **trainer: Any) -> list[float]:
+    lrs: list[float] = []
+
+    class LrProbe(Callback):
+        def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+            lrs.append(runtime.optimizer.param_groups[0]["lr"])
+
+    cfg = base_config(epochs=epochs, **trainer)
+    cfg["scheduler"] = scheduler
+    Runtime(make_model(), [LrProbe(), *rt_callbacks], cfg, loss=F.cross_entropy, tracker=NullTracker()).fit(
+        make_loader(64, batch_size=16), make_loader(32)
+    )
+    return lrs
+
+
+def test_epoch_scheduler_steps_once_per_epoch() -> None:
+    lrs = _lrs([], {"name": "StepLR", "params": {"step_size": 1, "gamma": 0.5}, "interval": "epoch"})
+    assert lrs == pytest.approx([0.1] * 4 + [0.05] * 4 + [0.025] * 4)
+
+
+def test_step_scheduler_with_frequency_steps_every_second_step() -> None:
+    lrs = _lrs([], {"name": "StepLR", "params": {"step_size": 1, "gamma": 0.5}, "interval": "step", "frequency": 2}, epochs=1)
+    assert lrs == pytest.approx([0.1, 0.1, 0.05, 0.05])
+
+
+def test_step_scheduler_waits_for_accumulated_steps() -> None:
+    lrs = _lrs(
+        [],
+        {"name": "StepLR", "params": {"step_size": 1, "gamma": 0.5}, "interval": "step"},
+        epochs=1,
+        accumulate_grad_batches=2,
+    )
+    assert lrs == pytest.approx([0.1, 0.1, 0.05, 0.05])
+
+
+def test_reduce_on_plateau_steps_after_each_epoch_on_its_monitor() -> None:
+    class Constant(Callback):
+        def on_validation_epoch_end(self, runtime: Runtime) -> None:
+            runtime.log("plateau_probe", 1.0)  # -> val/plateau_probe, never improves
+
+    lrs = _lrs(
+        [Constant()],
+        {"name": "ReduceLROnPlateau", "params": {"factor": 0.5, "patience": 0}, "monitor": "val/plateau_probe"},
+    )
+    assert lrs == pytest.approx([0.1] * 4 + [0.1] * 4 + [0.05] * 4)
+
+
+class BatchCounter(Callback):
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+        self._count("train")
+
+    def on_validation_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        self._count("sanity" if runtime.state.sanity_checking else "val")
+
+    def on_test_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        self._count("test")
+
+    def on_validation_start(self, runtime: Runtime) -> None:
+        self._count("val_runs")
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ({"limit_train_batches": 2, "limit_val_batches": 1}, {"train": 4, "val": 2, "val_runs": 2}),
+        ({"limit_train_batches": 0.5, "limit_val_batches": 0.5}, {"train": 6, "val": 4, "val_runs": 2}),
+        ({"val_check_interval": 0.5}, {"train": 12, "val": 16, "val_runs": 4}),
+        ({"check_val_every_n_epoch": 2}, {"train": 12, "val": 4, "val_runs": 1}),
+        ({"max_steps": 5}, {"train": 5}),  # as Lightning: no validation when max_steps ends mid-epoch
+        ({"num_sanity_val_steps": 1}, {"train": 12, "val": 8, "val_runs": 3, "sanity": 1}),
+    ],
+)
+def test_limits_and_validation_schedule(limits: dict[str, Any], expected: dict[str, int]) -> None:
+    counter = BatchCounter()
+    rt = _runtime(make_model(), [counter], **limits)  # 96 samples / 16 = 6 train batches, 2 epochs
+    rt.fit(make_loader(), make_loader(64, batch_size=16))  # 4 val batches
+    assert counter.counts == expected
+
+
+def test_limit_test_batches_and_test_metrics() -> None:
+    counter = BatchCounter()
+    cfg = base_config(limit_test_batches=3)
+    rt = Runtime(make_model(), [counter], cfg, loss=F.cross_entropy, tracker=NullTracker())
+    metrics = rt.test(make_loader(96, batch_size=16))
+    assert counter.counts == {"test": 3}
+    assert set(metrics) == {"test/loss"}
+
+
+def test_val_loss_always_present_for_lightning_style_modules_that_return_a_loss() -> None:
+    class Quiet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_model()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        validation_step = training_step
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    rt = Runtime(Quiet(), [], base_config(), tracker=NullTracker())
+    rt.fit(make_loader(), make_loader(32))
+    assert "val/loss" in rt.state.metrics
+
+
+def test_request_stop_and_predict() -> None:
+    class StopAfterThree(Callback):
+        def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if runtime.state.global_step == 3:
+                runtime.request_stop("enough")
+
+    model = make_model()
+    rt = _runtime(model, [StopAfterThree()], epochs=5)
+    state = rt.fit(make_loader())
+    assert (state.global_step, state.epoch, state.stop_reason) == (3, 1, "enough")
+    predictions = rt.predict(make_loader(32, batch_size=16))
+    assert len(predictions) == 2 and predictions[0].shape == (16, 2)
+
+
+def test_metrics_are_batch_size_weighted_means() -> None:
+    class LogBatchSize(Callback):
+        def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
+            runtime.log("size", float(len(batch[0])))
+
+    rt = _runtime(make_model(), [LogBatchSize()], epochs=1)
+    rt.fit(make_loader(40, batch_size=16))  # batches of 16, 16, 8
+    assert rt.state.metrics["train/size"] == pytest.approx((16 * 16 + 16 * 16 + 8 * 8) / 40)
+
+
+class SaveAndStop(Callback):
+    """Saves a checkpoint after batch ``at`` of epoch ``epoch``, then stops the run."""
+
+    def __init__(self, path: Any, epoch: int, at: int) -> None:
+        self.path, self.epoch, self.at = path, epoch, at
+
+    def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if runtime.state.epoch == self.epoch and batch_idx == self.at:
+            runtime.save_checkpoint(self.path)
+            runtime.request_stop("checkpoint taken")
+
+
+@pytest.mark.parametrize(("epoch", "at"), [(1, 2), (0, 0), (1, 5)])
+def test_resume_mid_epoch_is_bitwise_identical(tmp_path: Any, epoch: int, at: int) -> None:
+    """Shuffled loader, dropout, momentum, a scheduler: resuming from a checkpoint taken
+    after any batch ends with the same weights, optimizer state and metric history."""
+    scheduler = {"name": "StepLR", "params": {"step_size": 1, "gamma": 0.7}}
+
+    def run(callbacks: list[Any], ckpt: Any = None) -> Runtime:
+        cfg = base_config(epochs=3, seed=3)
+        cfg["scheduler"] = scheduler
+        rt = Runtime(make_model(seed=9, dropout=0.5), callbacks, cfg, loss=F.cross_entropy, tracker=NullTracker())
+        rt.fit(make_loader(shuffle=True), make_loader(32), ckpt_path=ckpt)
+        return rt
+
+    straight = run([])
+    path = tmp_path / "mid.ckpt"
+    run([SaveAndStop(path, epoch, at)])
+    resumed = run([], ckpt=path)
+
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    a, b = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
+    for key in a["state"]:
+        assert torch.equal(a["state"][key]["momentum_buffer"], b["state"][key]["momentum_buffer"])
+    assert straight.state.history == resumed.state.history
+    assert straight.state.global_step == resumed.state.global_step == 18
+    assert load_checkpoint(path)["loop"]["batch_idx"] == at + 1
