@@ -133,6 +133,11 @@ class Runtime:
         self.accumulate_grad_batches: int = cfg.accumulate_grad_batches or 1
         self.tracker: Tracker | None = tracker
         self.ckpt_path: str | None = None
+        self.loaders: dict[str, Iterable[Any]] = {}
+        """Loaders by split ("train", "val", "test", ...): fit sets train/val, the CLI all."""
+        self.training_strategy: Any = None
+        """Optional object owning optimization: ``configure_optimizers(runtime)`` returns
+        ``(optimizer, schedulers)``; ``update_parameters(runtime)`` runs after every backward."""
         self._bridge = ModuleBridge(model)
         self._train_model: nn.Module = model
         self._autocast = _autocast_for(cfg.precision, self.device)
@@ -162,6 +167,9 @@ class Runtime:
                 seed_everything(cfg.seed, deterministic=cfg.deterministic)
             train_loader, val_loader = self._prepare_loaders(train_loader, val_loader)
             self.train_loader, self.val_loader = train_loader, val_loader
+            self.loaders["train"] = train_loader
+            if val_loader is not None:
+                self.loaders["val"] = val_loader
             st.should_stop, st.stop_reason, st.interrupted = False, None, False
             st.num_training_batches = _as_count(num_batches(train_loader, cfg.limit_train_batches))
             st.num_val_batches = self._count_val_batches(val_loader)
@@ -350,6 +358,9 @@ class Runtime:
             if self.tracker is not None and st.global_step % cfg.log_every_n_steps == 0:
                 self._log_step_metrics()
 
+            if st.interrupted:  # a graceful interrupt: no validation, no epoch end
+                self._batch = None
+                return
             if self._val_pending or (validates and st.should_stop):
                 self._validation_block(val_loader)  # type: ignore[arg-type]
             if st.should_stop or self._max_steps_reached():
@@ -378,6 +389,8 @@ class Runtime:
         if ev.before_backward.dispatch: ev.before_backward.emit(self, loss=loss)  # noqa: E701
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if ev.after_backward.dispatch: ev.after_backward.emit(self)  # noqa: E701
+        if self.training_strategy is not None:
+            self.training_strategy.update_parameters(self)
 
         if steps_now:
             if scaler is not None:
@@ -674,7 +687,11 @@ class Runtime:
                 )
         if self.optimizer is None:
             configure = getattr(self.model, "configure_optimizers", None)
-            if self._optimizer_spec is None and callable(configure):
+            if self.training_strategy is not None:
+                optimizer, schedulers = self.training_strategy.configure_optimizers(self)
+                self.optimizer = optimizer
+                self.lr_scheduler_configs = build_schedulers(schedulers, optimizer)
+            elif self._optimizer_spec is None and callable(configure):
                 self.optimizer, self.lr_scheduler_configs = parse_configure_optimizers(configure())
             else:
                 if self._optimizer_spec is None:
