@@ -87,7 +87,7 @@ def _setup_logging(cfg: Config | None = None) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    handler._busloop_console = True  # type: ignore[attr-defined]
+    setattr(handler, "_busloop_console", True)  # noqa: B010  (marks our own handler)
     logger.addHandler(handler)
 
 
@@ -214,7 +214,14 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if ns.command == "bench":
+        ns.rest = [*ns.rest, *extra]
+    elif extra:  # key=value overrides given after an option (argparse stops at options)
+        unknown = [arg for arg in extra if "=" not in arg or arg.startswith("-")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        ns.args = [*ns.args, *extra]
     commands = {"train": cmd_train, "test": cmd_test, "callbacks": cmd_callbacks, "bench": cmd_bench}
     try:
         return commands[ns.command](ns)

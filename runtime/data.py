@@ -135,7 +135,7 @@ def iterate(loader: Iterable[Any], skip: int = 0) -> Iterator[Any]:
         # while the iterator is created, which is when it reads the sampler.
         object.__setattr__(loader, "batch_sampler", _SkipFirstBatches(original, skip))
         try:
-            iterator = iter(loader)
+            iterator: Iterator[Any] = iter(loader)
         finally:
             object.__setattr__(loader, "batch_sampler", original)
         # A single-process iterator starts its sampler lazily, on the first batch; start it
@@ -145,10 +145,10 @@ def iterate(loader: Iterable[Any], skip: int = 0) -> Iterator[Any]:
             sampler_iterator.start()
         return iterator
     log.info("Skipping %d batches by loading them (the loader has no batch sampler)", skip)
-    iterator = iter(loader)
+    consumed: Iterator[Any] = iter(loader)
     for _ in range(skip):
-        next(iterator, None)
-    return iterator
+        next(consumed, None)
+    return consumed
 
 
 def set_sampler_epoch(loader: Iterable[Any], epoch: int) -> None:
@@ -174,7 +174,11 @@ def distributed_loader(loader: Any, *, shuffle: bool | None = None) -> Any:
         return loader
     if shuffle is None:
         shuffle = isinstance(loader.sampler, RandomSampler)
-    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, drop_last=loader.drop_last)  # type: ignore[arg-type]
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        loader.dataset,  # type: ignore[arg-type]
+        shuffle=shuffle,
+        drop_last=loader.drop_last,
+    )
     return DataLoader(
         loader.dataset,
         batch_size=loader.batch_size,

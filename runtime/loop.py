@@ -44,7 +44,7 @@ from runtime.optim import (
     plateau_value,
 )
 from runtime.state import LoopState
-from runtime.tracking import NullTracker, Tracker, create_tracker
+from runtime.tracking import Tracker, create_tracker
 
 log = logging.getLogger("busloop")
 
@@ -328,11 +328,13 @@ class Runtime:
         set_sampler_epoch(loader, st.epoch)
         # Exact resume: replay the epoch's start (same shuffle, same worker seeds), skip the
         # batches already trained at the sampler level, then continue the saved random stream.
-        if resume is not None:
-            set_rng_state(resume.epoch_rng if resume.epoch_rng is not None else resume.rng)
+        if resume is not None and resume.epoch_rng is not None:
+            set_rng_state(resume.epoch_rng)
+        elif resume is not None and resume.rng is not None:
+            set_rng_state(resume.rng)
         self._epoch_rng = rng_state()
         batches = iterate(loader, skip)
-        if resume is not None and resume.epoch_rng is not None:
+        if resume is not None and resume.epoch_rng is not None and resume.rng is not None:
             set_rng_state(resume.rng)
 
         self._begin_stage("train")
@@ -340,7 +342,7 @@ class Runtime:
         ev.train_epoch_start.emit(self)
         validates = val_loader is not None and st.num_val_batches > 0 and self._is_val_epoch()
         val_every = self._val_check_batches(n)
-        if resume is not None and resume.val_pending and validates:
+        if resume is not None and resume.val_pending and val_loader is not None and validates:
             self._validation_block(val_loader)  # due after the checkpointed batch, not yet run
 
         batch_start, batch_end = ev.train_batch_start, ev.train_batch_end
@@ -361,8 +363,8 @@ class Runtime:
             if st.interrupted:  # a graceful interrupt: no validation, no epoch end
                 self._batch = None
                 return
-            if self._val_pending or (validates and st.should_stop):
-                self._validation_block(val_loader)  # type: ignore[arg-type]
+            if val_loader is not None and (self._val_pending or (validates and st.should_stop)):
+                self._validation_block(val_loader)
             if st.should_stop or self._max_steps_reached():
                 break
         self._batch = None
