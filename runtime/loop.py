@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -652,7 +653,7 @@ class Runtime:
         if self.tracker is None:
             tcfg = self.config.tracker
             self.tracker = create_tracker(tcfg.save_directory, tcfg.run_name, tcfg.backends)
-            atexit.register(self.close)
+            atexit.register(_close_at_exit, weakref.ref(self))
             save_config = getattr(self.tracker, "save_config", None)
             if callable(save_config):
                 save_config(config_to_dict(self.config))
@@ -799,6 +800,14 @@ class Runtime:
 
 
 # ---------------------------------------------------------------------- module helpers
+def _close_at_exit(runtime_ref: weakref.ref[Runtime]) -> None:
+    """Finalise a tracker left open at interpreter exit (a script that never called close)."""
+    runtime = runtime_ref()
+    if runtime is not None:
+        with contextlib.suppress(Exception):
+            runtime.close()
+
+
 def _autocast_for(precision: str, device: torch.device) -> Any:
     if precision == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -155,11 +155,11 @@ class LocalTracker(Tracker):
     ) -> None:
         self.status = None
         if run_dir is not None:
-            self.run_dir = Path(run_dir)
+            self.run_dir = Path(run_dir).absolute()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             resumed = True
         else:
-            self.run_dir = new_run_dir(save_directory, run_name)
+            self.run_dir = new_run_dir(save_directory, run_name).absolute()
             resumed = False
         self.run_name = self.run_dir.name
         self.checkpoint_dir = self.run_dir / "checkpoints"
