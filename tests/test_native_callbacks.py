@@ -1,0 +1,63 @@
+"""ModelCheckpoint, GradientAccumulationScheduler, UploadCheckpoint on real runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from callbacks.checkpoint import ModelCheckpoint
+from callbacks.grad_accumulation import GradientAccumulationScheduler
+from callbacks.upload import UploadCheckpoint
+from conftest import base_config, make_loader, make_model
+from runtime import Callback, Runtime
+from runtime.tracking import LocalTracker, NullTracker
+
+F = nn.functional
+
+
+class RecordingTracker(LocalTracker):
+    def __init__(self, save_directory: Path) -> None:
+        super().__init__(save_directory, "rec")
+        self.artifacts: list[tuple[str, str]] = []
+
+    def log_artifact(self, path: Any, kind: str) -> Path | None:
+        self.artifacts.append((str(path), kind))
+        return super().log_artifact(path, kind)
+
+
+def test_model_checkpoint_keeps_the_best_k_and_uploads_each_new_best(tmp_path: Path) -> None:
+    tracker = RecordingTracker(tmp_path / "runs")
+    checkpoint = ModelCheckpoint(monitor="val/loss", mode="min", save_top_k=2, save_last=True)
+    rt = Runtime(make_model(), [checkpoint, UploadCheckpoint()], base_config(epochs=5), loss=F.cross_entropy, tracker=tracker)
+    rt.fit(make_loader(), make_loader(32))
+    files = sorted(Path(checkpoint.dirpath).glob("epoch=*.ckpt"))
+    val_losses = [h["val/loss"] for h in rt.state.history if h["stage"] == "val"]
+    assert len(files) == 2 and len(checkpoint.best_k_models) == 2
+    assert checkpoint.best_model_score == pytest.approx(min(val_losses))
+    assert Path(checkpoint.dirpath) == tracker.run_dir / "checkpoints" / "min_val_loss"
+    assert (Path(checkpoint.dirpath) / "last.ckpt").exists()
+    saved = torch.load(checkpoint.best_model_path, weights_only=True)
+    assert saved["callbacks"][checkpoint.state_key]["best_model_path"] == checkpoint.best_model_path
+    uploads = [path for path, kind in tracker.artifacts if kind == "checkpoint"]
+    improvements = sum(1 for i, v in enumerate(val_losses) if i < 2 or v < sorted(val_losses[:i])[1])
+    assert len(uploads) == improvements and len(set(uploads)) == len(uploads)
+    assert all("last.ckpt" not in path for path in uploads)
+
+
+def test_gradient_accumulation_scheduler_changes_steps_per_epoch() -> None:
+    steps: list[int] = []
+
+    class StepsPerEpoch(Callback):
+        def on_train_epoch_end(self, runtime: Runtime) -> None:
+            steps.append(runtime.state.global_step)
+
+    scheduler = GradientAccumulationScheduler({"0": 3, "1": 1})
+    rt = Runtime(make_model(), [scheduler, StepsPerEpoch()], base_config(epochs=3), loss=F.cross_entropy, tracker=NullTracker())
+    rt.fit(make_loader(96, batch_size=16))  # 6 batches per epoch
+    assert steps == [2, 8, 14]
+    with pytest.raises(ValueError, match="count >= 1"):
+        GradientAccumulationScheduler({0: 0})
