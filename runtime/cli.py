@@ -152,6 +152,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         seed_everything(cfg.trainer.seed, deterministic=cfg.trainer.deterministic)
     model, loaders = build_job(cfg)
     rt = _runtime(cfg, model)
+    rt.loaders.update(loaders)
     try:
         state = rt.fit(loaders["train"], loaders.get("val"), ckpt_path=ns.resume)
     except BaseException:
