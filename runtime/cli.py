@@ -201,7 +201,8 @@ def cmd_callbacks(ns: argparse.Namespace) -> int:
     bus = Bus()
     lines = []
     for index, callback in enumerate(callbacks):
-        events = bus.subscribe(callback)
+        order = list(bus.signals)
+        events = sorted(bus.subscribe(callback), key=order.index)
         lines.append(f"{index + 1:>2}. {type(callback).__name__}: {', '.join(events) or '(no events)'}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

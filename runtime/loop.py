@@ -126,8 +126,9 @@ class Runtime:
         self.state = LoopState(max_epochs=cfg.epochs, max_steps=cfg.max_steps)
         self.device = select_device(cfg.accelerator)
         self.loss_fn = _resolve_loss(loss if loss is not None else self.config.loss)
-        self._optimizer_spec = optimizer if optimizer is not None else self.config.optimizer
-        self._scheduler_spec = scheduler if scheduler is not None else self.config.scheduler
+        self.optimizer_spec: Any = optimizer if optimizer is not None else self.config.optimizer
+        """What the optimizer is built from (object, factory or spec); None: configure_optimizers."""
+        self.scheduler_spec: Any = scheduler if scheduler is not None else self.config.scheduler
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler_configs: list[SchedulerConfig] = []
         self.scaler: torch.amp.GradScaler | None = None
@@ -694,17 +695,17 @@ class Runtime:
                 optimizer, schedulers = self.training_strategy.configure_optimizers(self)
                 self.optimizer = optimizer
                 self.lr_scheduler_configs = build_schedulers(schedulers, optimizer)
-            elif self._optimizer_spec is None and callable(configure):
+            elif self.optimizer_spec is None and callable(configure):
                 self.optimizer, self.lr_scheduler_configs = parse_configure_optimizers(configure())
             else:
-                if self._optimizer_spec is None:
+                if self.optimizer_spec is None:
                     raise ConfigError(
                         "optimizer: none given; pass Runtime(optimizer=...), set config "
                         "'optimizer: {name: AdamW, params: {lr: 0.001}}' or define "
                         "configure_optimizers on the model"
                     )
-                self.optimizer = build_optimizer(self._optimizer_spec, self.model)
-                self.lr_scheduler_configs = build_schedulers(self._scheduler_spec, self.optimizer)
+                self.optimizer = build_optimizer(self.optimizer_spec, self.model)
+                self.lr_scheduler_configs = build_schedulers(self.scheduler_spec, self.optimizer)
         precision = self.config.trainer.precision
         if precision == "16-mixed" and self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.device.type)
