@@ -105,32 +105,88 @@ def _build_entries(entries: Sequence[CallbackSpec]) -> list[object]:
     return first + built
 
 
-def build_callbacks(config: Config) -> list[object]:
-    """The callbacks of a run, in call order: defaults, then the user's, then auto-added.
+#: Callbacks that smart_cfg_auto_populate appends unless already listed (in this order).
+#: TODO(issue: export, archive and conversion callbacks): add "ConvertOnTrainEnd" once built.
+AUTO_POPULATED = ("UploadCheckpoint", "TestOnTrainEnd")
 
-    Default slots, in luxonis-train's order (the ones not built yet are noted):
-    GracefulInterruptCallback, FailOnNoTrainBatches, progress bar, TrainingManager and
-    model summary (TODO issue 3: seed callbacks part 1), then a ModelCheckpoint on min
-    ``val/loss`` and one on the main metric when configured, then the user's callbacks
-    (EMACallback moved first), then GradientAccumulationScheduler (TODO issue 3).
-    ``smart_cfg_auto_populate`` appends UploadCheckpoint / TestOnTrainEnd /
-    ConvertOnTrainEnd (TODO issues 3 and the export issue) unless already listed.
-    """
+
+def default_callbacks(config: Config) -> list[tuple[str, object]]:
+    """The default callbacks in luxonis-train's order, as ``(name, callback)`` pairs."""
     from callbacks.checkpoint import ModelCheckpoint
+    from callbacks.fail_on_no_batches import FailOnNoTrainBatches
+    from callbacks.interrupt import GracefulInterruptCallback
+    from callbacks.progress import LuxonisRichProgressBar, LuxonisTQDMProgressBar
+    from callbacks.summary import LuxonisModelSummary
+    from callbacks.training_manager import TrainingManager
 
     trainer = config.trainer
-    defaults: list[object] = [
-        ModelCheckpoint(
-            monitor="val/loss", mode="min", save_top_k=trainer.save_top_k, subdir="min_val_loss"
-        )
+    progress: object = LuxonisRichProgressBar() if trainer.rich_logging else LuxonisTQDMProgressBar()
+    defaults: list[tuple[str, object]] = [
+        ("GracefulInterruptCallback", GracefulInterruptCallback()),
+        ("FailOnNoTrainBatches", FailOnNoTrainBatches()),
+        (type(progress).__name__, progress),
+        ("TrainingManager", TrainingManager()),
+        ("LuxonisModelSummary", LuxonisModelSummary(rich=trainer.rich_logging, max_depth=2)),
+        (
+            "ModelCheckpoint",
+            ModelCheckpoint(
+                monitor="val/loss", mode="min", save_top_k=trainer.save_top_k, subdir="min_val_loss"
+            ),
+        ),
     ]
     if trainer.main_metric is not None:
         defaults.append(
-            ModelCheckpoint(
-                monitor=trainer.main_metric.name,
-                mode=trainer.main_metric.mode,
-                save_top_k=trainer.save_top_k,
-                subdir="best_val_metric",
+            (
+                "ModelCheckpoint",
+                ModelCheckpoint(
+                    monitor=trainer.main_metric.name,
+                    mode=trainer.main_metric.mode,
+                    save_top_k=trainer.save_top_k,
+                    subdir="best_val_metric",
+                ),
             )
         )
-    return defaults + _build_entries(trainer.callbacks)
+    return defaults
+
+
+def build_callbacks(config: Config) -> list[object]:
+    """The callbacks of a run, in call order.
+
+    1. Defaults (luxonis-train's order): GracefulInterruptCallback, FailOnNoTrainBatches, the
+       progress bar (Rich when ``rich_logging``, else TQDM), TrainingManager, the model
+       summary, a ModelCheckpoint on min ``val/loss`` and, with a main metric, one on it.
+       A default whose class name the user lists (active or not) is left out: the user's
+       entry replaces it (``active: false`` switches a default off). ModelCheckpoint is the
+       exception: listing one adds a checkpoint, it does not replace the defaults.
+    2. The user's callbacks in config order, EMACallback moved to the front of them.
+    3. GradientAccumulationScheduler ``{0: accumulate_grad_batches}`` when that is set and
+       no GradientAccumulationScheduler is listed.
+    4. With ``smart_cfg_auto_populate``: UploadCheckpoint and TestOnTrainEnd, each unless
+       listed, each logged as "Added X callback".
+    """
+    from callbacks.grad_accumulation import GradientAccumulationScheduler
+
+    trainer = config.trainer
+    _load_builtin_callbacks()
+    listed = {_class_name(entry.name) for entry in trainer.callbacks}
+    callbacks = [
+        callback
+        for name, callback in default_callbacks(config)
+        if name == "ModelCheckpoint" or name not in listed
+    ]
+    callbacks += _build_entries(trainer.callbacks)
+    if trainer.accumulate_grad_batches and "GradientAccumulationScheduler" not in listed:
+        callbacks.append(GradientAccumulationScheduler({0: trainer.accumulate_grad_batches}))
+    if trainer.smart_cfg_auto_populate:
+        for name in AUTO_POPULATED:
+            if name not in listed:
+                callbacks.append(instantiate(resolve_callback(name, key=name), {}, key=name))
+                log.info("Added %s callback", name)
+    return callbacks
+
+
+def _class_name(name: str) -> str:
+    """The class name a config entry refers to (aliases resolved, import paths' last part)."""
+    if name in CALLBACKS:
+        return CALLBACKS[name].__name__
+    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]

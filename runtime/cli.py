@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import shlex
 import sys
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from runtime.bus import BusError, CallbackError
@@ -164,8 +164,14 @@ def cmd_train(ns: argparse.Namespace) -> int:
         log.info("Run folder: %s", rt.run_dir)
     rt.close("interrupted" if state.interrupted else "success")
     if state.interrupted:
-        resume = Path(rt.run_dir or ".") / "resume.ckpt"
-        log.warning("Interrupted; resume with: busloop train %s --resume %s", config or "", resume)
+        # GracefulInterruptCallback sets resume_path when it wrote the checkpoint
+        resume = next((p for p in (getattr(c, "resume_path", None) for c in rt.callbacks) if p), None)
+        if resume is None:
+            log.warning("Interrupted; no resume checkpoint was written (see the errors above)")
+            return 130
+        kept = [o for o in overrides if not o.startswith("trainer.resume_from=")]
+        command = ["busloop", "train", *([config] if config else []), *kept, "--resume", str(resume)]
+        log.warning("Interrupted; resume with: %s", shlex.join(command))
         return 130
     return 0
 

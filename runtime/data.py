@@ -116,7 +116,7 @@ class _SkipFirstBatches:
         return max(0, len(self.batch_sampler) - self.skip)  # type: ignore[arg-type]
 
 
-def iterate(loader: Iterable[Any], skip: int = 0) -> Iterator[Any]:
+def iterate(loader: Iterable[Any], skip: int = 0, *, replay_persistent: bool = False) -> Iterator[Any]:
     """An iterator over ``loader`` that starts after ``skip`` batches.
 
     For a ``DataLoader`` with a batch sampler, the skipped batches' indices are drawn from
@@ -126,18 +126,38 @@ def iterate(loader: Iterable[Any], skip: int = 0) -> Iterator[Any]:
     skip is started before this function returns, so the caller may then restore the
     random state it had when the skipped batches were trained. Other iterables are
     advanced by consuming batches, which does load them.
+
+    ``replay_persistent``: the epoch being replayed is not the first one of a loader with
+    ``persistent_workers``. In an uninterrupted run such an epoch reuses the workers and draws
+    no new base seed, so the fresh iterator's base seed is drawn from a throwaway generator
+    and the global random stream stays as it was.
     """
-    if skip <= 0:
+    fresh_persistent = (
+        replay_persistent
+        and isinstance(loader, DataLoader)
+        and loader.persistent_workers
+        and getattr(loader, "_iterator", None) is None
+        and loader.generator is None
+    )
+    if skip <= 0 and not fresh_persistent:
         return iter(loader)
     if isinstance(loader, DataLoader) and loader.batch_sampler is not None:
         original = loader.batch_sampler
         # DataLoader forbids reassigning batch_sampler after __init__; the swap lasts only
         # while the iterator is created, which is when it reads the sampler.
-        object.__setattr__(loader, "batch_sampler", _SkipFirstBatches(original, skip))
+        if skip > 0:
+            object.__setattr__(loader, "batch_sampler", _SkipFirstBatches(original, skip))
+        if fresh_persistent:
+            loader.generator = torch.Generator()
         try:
             iterator: Iterator[Any] = iter(loader)
         finally:
             object.__setattr__(loader, "batch_sampler", original)
+            if fresh_persistent:
+                loader.generator = None
+        if hasattr(iterator, "_index_sampler"):
+            # A persistent iterator re-reads this in every later epoch: give it the original.
+            iterator._index_sampler = original
         # A single-process iterator starts its sampler lazily, on the first batch; start it
         # now (worker iterators already did, to prefetch).
         sampler_iterator = getattr(iterator, "_sampler_iter", None)

@@ -335,7 +335,7 @@ class Runtime:
         elif resume is not None and resume.rng is not None:
             set_rng_state(resume.rng)
         self._epoch_rng = rng_state()
-        batches = iterate(loader, skip)
+        batches = iterate(loader, skip, replay_persistent=resume is not None and st.epoch > 0)
         if resume is not None and resume.epoch_rng is not None and resume.rng is not None:
             set_rng_state(resume.rng)
 
