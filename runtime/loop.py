@@ -611,7 +611,7 @@ class Runtime:
     def _log_epoch_summary(self) -> None:
         st = self.state
         parts = " | ".join(f"{k}: {v:.5g}" for k, v in sorted(st.metrics.items()))
-        log.info("[Epoch %d/%d] step %d | %s", st.epoch + 1, st.max_epochs, st.global_step, parts)
+        log.debug("[Epoch %d/%d] step %d | %s", st.epoch + 1, st.max_epochs, st.global_step, parts)
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
