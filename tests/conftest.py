@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from runtime import Callback, Runtime
+
 
 @pytest.fixture(autouse=True)
 def _isolated_run_dirs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +55,15 @@ def base_config(**trainer: Any) -> dict[str, Any]:
         "optimizer": {"name": "SGD", "params": {"lr": 0.1, "momentum": 0.9}},
         "trainer": {"epochs": 2, "num_sanity_val_steps": 0, **trainer},
     }
+
+
+class SaveAndStop(Callback):
+    """Saves a checkpoint after batch ``at`` of epoch ``epoch``, then stops the run."""
+
+    def __init__(self, path: Any, epoch: int, at: int) -> None:
+        self.path, self.epoch, self.at = path, epoch, at
+
+    def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if runtime.state.epoch == self.epoch and batch_idx == self.at:
+            runtime.save_checkpoint(self.path)
+            runtime.request_stop("checkpoint taken")

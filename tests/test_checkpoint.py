@@ -16,11 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # the package need not be installed to run the tests
-    sys.path.insert(0, str(REPO_ROOT))
-
-from runtime.checkpoint import (  # noqa: E402
+from runtime.checkpoint import (
     FORMAT_KEY,
     FORMAT_VERSION,
     CheckpointError,
@@ -31,6 +27,7 @@ from runtime.checkpoint import (  # noqa: E402
     versions,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 class Opaque:
     """A plain object: pickle can store it, weights_only loading must refuse it."""

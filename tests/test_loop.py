@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import base_config, make_loader, make_model
+from conftest import SaveAndStop, base_config, make_loader, make_model
 from runtime import Callback, Runtime
 from runtime.checkpoint import load_checkpoint
 from runtime.tracking import NullTracker
@@ -247,16 +247,6 @@ def test_metrics_are_batch_size_weighted_means() -> None:
     assert rt.state.metrics["train/size"] == pytest.approx((16 * 16 + 16 * 16 + 8 * 8) / 40)
 
 
-class SaveAndStop(Callback):
-    """Saves a checkpoint after batch ``at`` of epoch ``epoch``, then stops the run."""
-
-    def __init__(self, path: Any, epoch: int, at: int) -> None:
-        self.path, self.epoch, self.at = path, epoch, at
-
-    def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if runtime.state.epoch == self.epoch and batch_idx == self.at:
-            runtime.save_checkpoint(self.path)
-            runtime.request_stop("checkpoint taken")
 
 
 @pytest.mark.parametrize(("epoch", "at"), [(1, 2), (0, 0), (1, 5)])

@@ -16,12 +16,8 @@ import torch
 import yaml
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # the package need not be installed to run the tests
-    sys.path.insert(0, str(REPO_ROOT))
-
-from runtime import distributed  # noqa: E402
-from runtime.tracking import (  # noqa: E402
+from runtime import distributed
+from runtime.tracking import (
     LocalTracker,
     MultiTracker,
     NullTracker,

@@ -13,7 +13,7 @@ from torch import nn
 
 from callbacks.strategies import ConfigOptimizerStrategy, TripleLRSGDStrategy, build_strategy
 from callbacks.training_manager import TrainingManager, set_group_lr
-from conftest import base_config, make_loader
+from conftest import SaveAndStop, base_config, make_loader
 from runtime import Callback, ConfigError, Runtime
 from runtime.optim import SchedulerConfig
 from runtime.tracking import NullTracker
@@ -207,14 +207,6 @@ def test_lr_after_unfreeze_reaches_nested_schedulers(kind: str) -> None:
     assert warm.base_lrs == step.base_lrs == [0.1, 0.003]
 
 
-class SaveAndStop(Callback):
-    def __init__(self, path: Any, epoch: int, at: int) -> None:
-        self.path, self.epoch, self.at = path, epoch, at
-
-    def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if runtime.state.epoch == self.epoch and batch_idx == self.at:
-            runtime.save_checkpoint(self.path)
-            runtime.request_stop("checkpoint taken")
 
 
 def _freeze_run(callbacks: list[Any], strategy: Any = None, ckpt: Any = None) -> tuple[Runtime, FreezeProbe]:

@@ -1,0 +1,152 @@
+"""The benchmark suite runs end to end and produces well-formed results (never timings).
+
+Tiny sizes only: these tests check shapes, notes and the command line, not speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.dispatch import DISPATCH_CONTENDERS, run_dispatch
+from benchmarks.overhead import Contender, RunContext, TimedBatches, run_overhead
+from benchmarks.report import check_targets
+from benchmarks.scaling import run_scaling
+from runtime.bus import Bus, CallbackError, OrderedSignal, StopEvent
+
+TINY = {"rounds": 1, "steps": 4, "warmup": 2}
+
+
+def _is_summary(summary: dict[str, float], n: int) -> bool:
+    return summary["n"] == n and all(
+        math.isfinite(summary[key]) for key in ("median", "min", "max")
+    ) and summary["min"] <= summary["median"] <= summary["max"]
+
+
+def test_dispatch_section_reports_every_contender_and_count() -> None:
+    section = run_dispatch(counts=(0, 1, 3), repeat=2, min_time=0.001)
+    assert set(section["results"]) == set(DISPATCH_CONTENDERS)
+    assert section["counts"] == [0, 1, 3]
+    for entry in section["results"].values():
+        assert set(entry["per_count"]) == {"0", "1", "3"}
+        assert all(_is_summary(cell, 2) and cell["min"] > 0 for cell in entry["per_count"].values())
+        assert math.isfinite(entry["slope_us_per_receiver"])
+    json.dumps(section)  # JSON-ready
+
+
+def test_tiny_overhead_run_is_well_formed() -> None:
+    section = run_overhead(contenders=["busloop", "busloop-defaults"], **TINY)
+    assert section["skipped"] == {}
+    assert list(section["results"]) == ["plain", "busloop", "busloop-defaults"]
+    for entry in section["results"].values():
+        assert _is_summary(entry["step_us"], 1) and _is_summary(entry["overhead_us"], 1)
+        assert entry["ratio_vs_plain"] > 0
+        assert entry["overhead_vs_lightning_defaults"] is None  # Lightning was not run
+        assert _is_summary(entry["wall"]["step_us"], 1)
+    assert section["results"]["plain"]["overhead_us"]["median"] == 0
+    json.dumps(section)
+
+
+def test_missing_or_excluded_peers_are_skipped_with_a_note() -> None:
+    absent = Contender(
+        "absent-peer", "a peer that is not installed", lambda ctx, batches: None,
+        requires=("no_such_package_for_busloop_bench",),
+    )
+    section = run_overhead(contenders=["lightning-bare", "ignite", absent], without=("lightning", "ignite"), **TINY)
+    assert list(section["results"]) == ["plain"]
+    assert section["skipped"] == {
+        "lightning-bare": "skipped: lightning excluded (--without lightning)",
+        "ignite": "skipped: ignite excluded (--without ignite)",
+        "absent-peer": "skipped: no_such_package_for_busloop_bench is not installed",
+    }
+    targets = check_targets({"overhead": run_overhead(contenders=["busloop-defaults"], without=("lightning",), **TINY)})
+    assert [t["status"] for t in targets if t["target"] == "defaults_vs_lightning"] == ["SKIP"]
+
+
+def test_a_failing_contender_is_dropped_with_a_note() -> None:
+    def explode(ctx: RunContext, batches: TimedBatches) -> None:
+        raise RuntimeError("boom")
+
+    short = Contender("short", "stops early", lambda ctx, batches: next(iter(batches)))
+    broken = Contender("broken", "raises", explode)
+    section = run_overhead(contenders=[broken, short], **TINY)
+    assert list(section["results"]) == ["plain"]
+    assert section["skipped"]["broken"] == "failed: RuntimeError: boom"
+    assert section["skipped"]["short"].startswith("failed: RuntimeError: the contender fetched 1")
+
+
+def test_tiny_scaling_run_fits_a_slope() -> None:
+    section = run_scaling(counts=(0, 2), **TINY)
+    assert set(section["results"]) == {"0", "2"}
+    assert math.isfinite(section["slope_us_per_callback"])
+    assert section["slope_us_per_callback_per_event"] == pytest.approx(
+        section["slope_us_per_callback"] / len(section["events"])
+    )
+
+
+def test_command_line_json_and_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--only", "overhead", "--contenders", "busloop-defaults,lightning-defaults",
+            "--without", "lightning", "--rounds", "1", "--steps", "4", "--warmup", "2"]
+    assert main([*args, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert set(results) == {"overhead", "targets", "meta"}
+    assert results["overhead"]["skipped"]["lightning-defaults"].startswith("skipped: lightning")
+    assert {t["target"] for t in results["targets"]} == {"defaults_vs_plain", "defaults_vs_lightning"}
+
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Per-step overhead" in out and "busloop, default callbacks" in out
+    assert "note: lightning-defaults: skipped: lightning excluded" in out
+    assert "SKIP  busloop default callbacks: overhead ÷ Lightning-defaults' overhead" in out
+
+
+def test_command_line_rejects_unknown_contenders() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--only", "overhead", "--contenders", "nope"])
+    assert exc.value.code == 2
+
+
+# The bus's specialised emit (generated per payload shape for speed) must behave exactly
+# like the generic OrderedSignal.emit; the benchmark is what motivates it, so it is checked here.
+def test_specialised_emit_matches_the_generic_one() -> None:
+    bus = Bus()
+    seen: list[Any] = []
+
+    def catch_all(runtime: Any, **payload: Any) -> None:
+        seen.append(payload)
+
+    bus.connect("train_batch_end", catch_all)
+    signal = bus.signal("train_batch_end")
+    assert signal.emit is not OrderedSignal.emit  # specialised
+    assert signal.emit("rt", batch=2, outputs=1, batch_idx=3) is True
+    assert signal.emit("rt", outputs=1, batch=2, batch_idx=3, extra=4) is True  # generic path
+    assert signal.emit("rt", outputs=1) is True  # missing keywords: generic path
+    assert seen == [
+        {"outputs": 1, "batch": 2, "batch_idx": 3},  # declared order, as positional adapters need
+        {"outputs": 1, "batch": 2, "batch_idx": 3, "extra": 4},
+        {"outputs": 1},
+    ]
+
+    def strict(runtime: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        raise StopEvent
+
+    def never(runtime: Any, **payload: Any) -> None:
+        raise AssertionError("StopEvent must keep later receivers from running")
+
+    bus.disconnect("train_batch_end", catch_all)
+    bus.connect("train_batch_end", strict)
+    bus.connect("train_batch_end", never)
+    assert signal.emit("rt", outputs=1, batch=2, batch_idx=3) is False
+
+    def broken(runtime: Any) -> None:
+        raise ValueError("bad")
+
+    bus.connect("after_backward", broken)
+    with pytest.raises(CallbackError, match="broken failed in event 'after_backward'") as exc:
+        bus.emit("after_backward", "rt")
+    assert isinstance(exc.value.original, ValueError)
+    assert OrderedSignal("undeclared").emit.__func__ is OrderedSignal.emit  # no payload: generic
