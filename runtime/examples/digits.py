@@ -3,6 +3,7 @@ scikit-learn, so nothing is downloaded). Used by ``busloop train`` with no confi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ class DigitsClassifier(nn.Module):
     """Two conv blocks and a linear head; Lightning-style steps log loss and accuracy."""
 
     example_input_array = torch.zeros(1, 1, 8, 8)
+    log: Callable[..., None]  # Runtime.module_log, attached while the runtime drives the model
 
     def __init__(self, channels: int = 32, num_classes: int = 10) -> None:
         super().__init__()
