@@ -214,7 +214,8 @@ class Runtime:
         """Record a value; it is reduced per epoch (batch-size weighted mean).
 
         A name without ``/`` gets the current stage's prefix (``train/``, ``val/``,
-        ``test/``). Tensors stay on their device until the epoch ends (no sync per step).
+        ``test/``). Tensors stay on their device until the epoch ends (no sync per step), so
+        do not log a tensor you later modify in place (parameters are copied; buffers are not).
         """
         if "/" not in name:
             name = f"{self._log_prefix}/{name}"
@@ -407,11 +408,13 @@ class Runtime:
             else:
                 optimizer.step()
             st.global_step += 1
-            self._step_schedulers("step", batch_idx + 1)
-        if is_last:
+            if self.lr_scheduler_configs:
+                self._step_schedulers("step", batch_idx + 1)
+        if is_last and self.lr_scheduler_configs:
             self._step_schedulers("epoch", st.epoch + 1)
 
-        outputs = dict(output) if isinstance(output, Mapping) else {}
+        # A plain loss tensor is the common case: skip the (ABC) Mapping check for it.
+        outputs = {} if isinstance(output, torch.Tensor) or not isinstance(output, Mapping) else dict(output)
         outputs["loss"] = loss.detach()
         return outputs
 
@@ -553,8 +556,9 @@ class Runtime:
         self._active_logs = self._logs.setdefault(prefix, {})
 
     def _record(self, name: str, value: Any, batch_size: int | None) -> None:
-        if isinstance(value, torch.Tensor):
-            value = value.detach()
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            # A parameter is updated in place later: keep a copy. A step's result is fresh.
+            value = value.detach().clone() if value.is_leaf else value.detach()
         if batch_size is None:
             batch_size = self._batch_size
             if batch_size is None:
@@ -837,7 +841,14 @@ def _as_count(value: float) -> int:
 
 
 def _weighted_sum(values: list[Any], sizes: list[int]) -> torch.Tensor:
-    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu().reshape(()) for v in values])
+    stacked: torch.Tensor | None = None
+    if all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in values):
+        try:  # one stack for the epoch instead of three tensor ops per logged value
+            stacked = torch.stack(values).to(device="cpu", dtype=torch.float64)
+        except RuntimeError:  # values on several devices
+            stacked = None
+    if stacked is None:
+        stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu().reshape(()) for v in values])
     return (stacked * torch.tensor(sizes, dtype=torch.float64)).sum()
 
 

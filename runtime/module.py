@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -70,11 +71,17 @@ class ModuleBridge:
         self.lightning_style = callable(getattr(model, "training_step", None))
         self._receivers: list[tuple[str, Callable[..., None]]] = []
         self._patched_log = False
+        self._steps: dict[str, Callable[..., Any] | None] = {}
 
     def step(self, stage: str) -> Callable[..., Any] | None:
-        """The model's ``<stage>_step`` method, or None for a plain module."""
-        method = getattr(self.model, f"{stage}_step", None)
-        return method if callable(method) else None
+        """The model's ``<stage>_step`` method, or None for a plain module (looked up once:
+        a missing attribute costs nn.Module.__getattr__ an AttributeError every batch)."""
+        try:
+            return self._steps[stage]
+        except KeyError:
+            method = getattr(self.model, f"{stage}_step", None)
+            step = self._steps[stage] = method if callable(method) else None
+            return step
 
     def hooks(self) -> Iterator[tuple[str, Callable[..., None]]]:
         """``(event, receiver)`` for each hook the model overrides."""
@@ -114,8 +121,8 @@ class ModuleBridge:
 
 def step_loss(output: Any) -> Any:
     """The loss in a step's output: the tensor itself, ``output["loss"]``, or None."""
-    if output is None:
-        return None
+    if output is None or isinstance(output, torch.Tensor):
+        return output
     if isinstance(output, Mapping):
         return output.get("loss")
     return output

@@ -1,0 +1,200 @@
+"""Rendering: rich tables per section, and the targets checked as PASS / FAIL lines."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["TARGETS", "check_targets", "print_report"]
+
+#: The issue's targets: key -> (description, limit, unit).
+TARGETS: dict[str, tuple[str, float, str]] = {
+    "empty_event": ("event with no receivers (guarded form)", 0.1, "µs"),
+    "per_receiver": ("cost of each receiver (guarded form, slope)", 0.6, "µs"),
+    "defaults_vs_plain": ("busloop default callbacks: overhead, % of a plain step", 5.0, "%"),
+    "defaults_vs_lightning": (
+        "busloop default callbacks: overhead ÷ Lightning-defaults' overhead",
+        1 / 20,
+        "×",
+    ),
+    "per_callback_event": ("scaling: cost per callback per event (slope)", 1.0, "µs"),
+}
+
+
+def _target(key: str, value: float | None, note: str = "") -> dict[str, Any]:
+    description, limit, unit = TARGETS[key]
+    if value is None or math.isnan(value):
+        status = "SKIP"
+    else:
+        status = "PASS" if value <= limit else "FAIL"
+    return {
+        "target": key,
+        "description": description,
+        "value": value,
+        "limit": limit,
+        "unit": unit,
+        "status": status,
+        "note": note,
+    }
+
+
+def check_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Evaluate the targets against whichever sections ``results`` holds."""
+    checks: list[dict[str, Any]] = []
+    dispatch = results.get("dispatch")
+    if dispatch:
+        guarded = dispatch["results"].get("busloop guarded")
+        if guarded:
+            checks.append(_target("empty_event", guarded["per_count"].get("0", {}).get("min")))
+            checks.append(_target("per_receiver", guarded["slope_us_per_receiver"]))
+    overhead = results.get("overhead")
+    if overhead:
+        defaults = overhead["results"].get("busloop-defaults")
+        skipped = overhead["skipped"]
+        note = skipped.get("busloop-defaults", "")
+        checks.append(
+            _target("defaults_vs_plain", defaults and defaults["overhead_pct_of_plain"], note)
+        )
+        ratio = defaults and defaults["overhead_vs_lightning_defaults"]
+        note = note or skipped.get("lightning-defaults", "")
+        checks.append(_target("defaults_vs_lightning", ratio, note))
+    scaling = results.get("scaling")
+    if scaling:
+        checks.append(_target("per_callback_event", scaling["slope_us_per_callback_per_event"]))
+    return checks
+
+
+def _us(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _range(summary: Mapping[str, float], digits: int = 1) -> str:
+    return f"{_us(summary['min'], digits)} – {_us(summary['max'], digits)}"
+
+
+def dispatch_table(section: Mapping[str, Any]) -> Table:
+    counts = section["counts"]
+    table = Table(
+        title="Dispatch: µs per event, by number of receivers",
+        caption=(
+            f"best of {section['repeat']} timeit repeats (median in --json); "
+            f"includes timeit's loop overhead of {section['loop_overhead_us']:.3f} µs. "
+            "Receivers: bound methods taking (sender, batch, batch_idx) by keyword."
+        ),
+    )
+    table.add_column("contender")
+    for count in counts:
+        table.add_column(f"{count} recv.", justify="right")
+    table.add_column("µs / receiver", justify="right")
+    for name, entry in section["results"].items():
+        cells = [_us(entry["per_count"][str(count)]["min"], 3) for count in counts]
+        table.add_row(name, *cells, _us(entry["slope_us_per_receiver"], 3))
+    return table
+
+
+def overhead_table(section: Mapping[str, Any]) -> Table:
+    clock = "thread CPU time" if section["clock"] == "cpu" else "wall time"
+    table = Table(
+        title="Per-step overhead: " + section["workload"],
+        caption=(
+            f"{section['rounds']} interleaved rounds × {section['steps']} steps after "
+            f"{section['warmup']} warm-up steps; {clock}. Each step runs in lockstep with a "
+            "companion plain-loop step; overhead = contender step − companion step, minus the "
+            "same difference for the plain loop itself (the method's bias). Median and "
+            "min – max over rounds; ratios are medians of per-round ratios; "
+            f"plain step ≈ {_us(section['plain_step_us'])} µs."
+        ),
+    )
+    for header in ("contender", "µs / step", "min – max", "overhead µs", "min – max"):
+        table.add_column(header, justify="left" if header == "contender" else "right")
+    table.add_column("× plain", justify="right")
+    table.add_column("overhead % of plain", justify="right")
+    table.add_column("overhead ÷ Lightning-defaults'", justify="right")
+    for entry in section["results"].values():
+        ratio = entry["overhead_vs_lightning_defaults"]
+        table.add_row(
+            entry["label"],
+            _us(entry["step_us"]["median"]),
+            _range(entry["step_us"]),
+            _us(entry["overhead_us"]["median"]),
+            _range(entry["overhead_us"]),
+            f"{entry['ratio_vs_plain']:.3f}",
+            f"{entry['overhead_pct_of_plain']:.2f}%",
+            "—" if ratio is None else f"{ratio:.4f}",
+        )
+    return table
+
+
+def scaling_table(section: Mapping[str, Any]) -> Table:
+    clock = "thread CPU time" if section["clock"] == "cpu" else "wall time"
+    slope = section["slope_us_per_callback"]
+    per_event = section["slope_us_per_callback_per_event"]
+    table = Table(
+        title=f"Scaling: callbacks on all {len(section['events'])} per-batch train events",
+        caption=(
+            f"{section['rounds']} rounds × {section['steps']} steps, {clock}; overhead vs the "
+            f"plain loop ({_us(section['plain_step_us'])} µs/step). Least-squares slope: "
+            f"{_us(slope, 3)} µs per callback per step = {_us(per_event, 3)} µs per callback "
+            "per event."
+        ),
+    )
+    table.add_column("callbacks", justify="right")
+    table.add_column("µs / step", justify="right")
+    table.add_column("overhead µs", justify="right")
+    table.add_column("min – max", justify="right")
+    table.add_column("µs per callback", justify="right")
+    for count, entry in section["results"].items():
+        base = section["results"].get("0")
+        per_callback = (
+            (entry["overhead_us"]["median"] - base["overhead_us"]["median"]) / int(count)
+            if base is not None and int(count) > 0
+            else None
+        )
+        table.add_row(
+            count,
+            _us(entry["step_us"]["median"]),
+            _us(entry["overhead_us"]["median"]),
+            _range(entry["overhead_us"]),
+            _us(per_callback, 3),
+        )
+    return table
+
+
+def print_report(results: Mapping[str, Any], console: Console) -> None:
+    """Print every section's table, skip notes, and the targets as PASS / FAIL lines."""
+    meta = results.get("meta", {})
+    if meta:
+        console.print(
+            "busloop bench — "
+            + ", ".join(f"{key}: {value}" for key, value in meta.items() if key != "versions")
+        )
+        versions = meta.get("versions", {})
+        console.print("versions — " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if "dispatch" in results:
+        console.print(dispatch_table(results["dispatch"]))
+    if "overhead" in results:
+        section = results["overhead"]
+        if section["results"]:
+            console.print(overhead_table(section))
+        for name, note in section["skipped"].items():
+            console.print(f"note: {name}: {note}")
+    if "scaling" in results:
+        section = results["scaling"]
+        if section["results"]:
+            console.print(scaling_table(section))
+        for name, note in section["notes"].items():
+            console.print(f"note: {name}: {note}")
+    for check in results.get("targets", []):
+        value = check["value"]
+        shown = "n/a" if value is None else f"{value:.4g} {check['unit']}"
+        line = (
+            f"{check['status']:4}  {check['description']}: {shown} "
+            f"(target <= {check['limit']:.4g} {check['unit']})"
+        )
+        if check["note"]:
+            line += f" — {check['note']}"
+        console.print(line, markup=False, highlight=False)
