@@ -43,7 +43,6 @@ built per call or per receiver (``python -m benchmarks`` measures it against a p
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import keyword
@@ -52,6 +51,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import blinker
+
+from runtime.config import suggest
 
 __all__ = [
     "EVENTS",
@@ -343,7 +344,7 @@ class Bus:
         try:
             return self.signals[name]
         except KeyError:
-            raise BusError(f"no event named '{name}'{_suggest(name, self.signals)}") from None
+            raise BusError(f"no event named '{name}'{suggest(name, self.signals)}") from None
 
     def emit(self, name: str, sender: Any, /, **payload: Any) -> bool:
         """Emit ``name`` from ``sender``; see :meth:`OrderedSignal.emit`."""
@@ -400,7 +401,7 @@ class Bus:
             if event not in self.signals:
                 raise BusError(
                     f"{type(callback).__name__}.{attr}: there is no event '{event}'"
-                    f"{_suggest(event, self.signals, prefix='on_')}"
+                    f"{suggest(attr, [f'on_{e}' for e in self.signals])}"
                 )
             yield event, method
 
@@ -440,11 +441,6 @@ class _EventAttributes:
         try:
             signal = signals[name]
         except KeyError:
-            raise AttributeError(f"no event named '{name}'{_suggest(name, signals)}") from None
+            raise AttributeError(f"no event named '{name}'{suggest(name, signals)}") from None
         object.__setattr__(self, name, signal)  # cache: later lookups skip __getattr__
         return signal
-
-
-def _suggest(name: str, choices: Iterable[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
