@@ -150,6 +150,7 @@ class Runtime:
         self._batch_size: int | None = None
         self._epoch_rng: dict[str, Any] | None = None
         self._val_pending = False
+        self._logged_step = -1
         self._resume: _ResumePoint | None = None
         self._predictions: list[Any] = []
         self._epoch_metrics: dict[str, dict[str, float]] = {}
@@ -360,7 +361,7 @@ class Runtime:
             st.batch_idx = batch_idx + 1
             self._val_pending = validates and ((batch_idx + 1) % val_every == 0 or batch_idx + 1 == n)
             if batch_end.dispatch: batch_end.emit(self, outputs=outputs, batch=batch, batch_idx=batch_idx)  # noqa: E701
-            if self.tracker is not None and st.global_step % cfg.log_every_n_steps == 0:
+            if st.global_step % cfg.log_every_n_steps == 0 and st.global_step != self._logged_step:
                 self._log_step_metrics()
 
             if st.interrupted:  # a graceful interrupt: no validation, no epoch end
@@ -605,6 +606,8 @@ class Runtime:
         return torch.device("cpu")
 
     def _log_step_metrics(self) -> None:
+        """Send the latest per-step train values to the tracker (once per logged step)."""
+        self._logged_step = self.state.global_step
         step_values = {
             f"{k}_step": float(v) for k, v in self.state.step_metrics.items()
             if k.startswith("train") or "/" not in k
