@@ -43,6 +43,7 @@ from runtime.optim import (
     build_schedulers,
     parse_configure_optimizers,
     plateau_value,
+    zero_grad,
 )
 from runtime.state import LoopState
 from runtime.tracking import Tracker, create_tracker
@@ -405,14 +406,14 @@ class Runtime:
             return {} if output is None else dict(output)
 
         if accumulate == 1:
-            zero_grad = steps_now = True
+            zero_now = steps_now = True
         else:
-            zero_grad = batch_idx % accumulate == 0
+            zero_now = batch_idx % accumulate == 0
             steps_now = (batch_idx + 1) % accumulate == 0 or is_last
             loss = loss / accumulate
-        if zero_grad:
+        if zero_now:
             if ev.before_zero_grad.dispatch: ev.before_zero_grad.emit(self, optimizer=optimizer)  # noqa: E701
-            optimizer.zero_grad(set_to_none=True)
+            zero_grad(optimizer)
         if ev.before_backward.dispatch: ev.before_backward.emit(self, loss=loss)  # noqa: E701
         (loss if scaler is None else scaler.scale(loss)).backward()
         if ev.after_backward.dispatch: ev.after_backward.emit(self)  # noqa: E701

@@ -18,6 +18,7 @@ __all__ = [
     "build_optimizer",
     "build_schedulers",
     "parse_configure_optimizers",
+    "zero_grad",
 ]
 
 
@@ -169,6 +170,28 @@ def parse_configure_optimizers(
         else:
             configs.append(_config_for(item))
     return optimizer, configs
+
+
+_BASE_ZERO_GRAD = torch.optim.Optimizer.zero_grad
+
+
+def zero_grad(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.zero_grad(set_to_none=True)``, without its profiler label when no profiler runs.
+
+    ``Optimizer.zero_grad`` wraps its loop in ``record_function``, which enters and leaves a
+    profiler op even when nothing is profiling: on a small model that is most of its cost
+    (about 30 us of a 450 us step in ``python -m benchmarks``). For an optimizer that keeps
+    the base ``zero_grad`` this does what it does with ``set_to_none=True``, every parameter's
+    ``.grad`` set to None, and calls the real one when a profiler is running (so traces keep
+    the ``Optimizer.zero_grad`` label) or when the optimizer overrides ``zero_grad``.
+    """
+    if type(optimizer).zero_grad is not _BASE_ZERO_GRAD or torch.autograd._profiler_enabled():
+        optimizer.zero_grad(set_to_none=True)
+        return
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if param.grad is not None:
+                param.grad = None
 
 
 def plateau_value(metrics: Mapping[str, float], config: SchedulerConfig) -> float | None:

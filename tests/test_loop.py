@@ -275,3 +275,37 @@ def test_resume_mid_epoch_is_bitwise_identical(tmp_path: Any, epoch: int, at: in
     assert straight.state.history == resumed.state.history
     assert straight.state.global_step == resumed.state.global_step == 18
     assert load_checkpoint(path)["loop"]["batch_idx"] == at + 1
+
+
+class _CountingSGD(torch.optim.SGD):
+    """An optimizer that overrides zero_grad: the loop must call it, not bypass it."""
+
+    calls = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        type(self).calls += 1
+        super().zero_grad(set_to_none=set_to_none)
+
+
+def test_zero_grad_clears_grads_and_respects_overrides_and_profiler() -> None:
+    seen: list[list[bool]] = []
+
+    class GradProbe(Callback):
+        def on_before_backward(self, runtime: Runtime, loss: torch.Tensor) -> None:
+            seen.append([p.grad is None for p in runtime.model.parameters()])
+
+    loader = make_loader()
+    _runtime(make_model(), [GradProbe()], epochs=1).fit(loader)
+    assert len(seen) == len(loader) and all(all(flags) for flags in seen)
+
+    model = make_model()
+    optimizer = _CountingSGD(model.parameters(), lr=0.1)
+    runtime = Runtime(model, [], base_config(epochs=1), loss=F.cross_entropy, optimizer=optimizer, tracker=NullTracker())
+    _CountingSGD.calls = 0
+    runtime.fit(loader)
+    assert _CountingSGD.calls == len(loader)
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _runtime(make_model(), epochs=1).fit(loader)
+    names = {event.key for event in prof.key_averages()}
+    assert "Optimizer.zero_grad#SGD.zero_grad" in names
