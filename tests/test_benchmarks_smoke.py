@@ -14,7 +14,7 @@ import pytest
 from benchmarks.__main__ import main
 from benchmarks.dispatch import DISPATCH_CONTENDERS, run_dispatch
 from benchmarks.overhead import Contender, RunContext, TimedBatches, run_overhead
-from benchmarks.report import check_targets
+from benchmarks.report import check_targets, machinery_line
 from benchmarks.scaling import run_scaling
 from runtime.bus import Bus, CallbackError, OrderedSignal, StopEvent
 
@@ -49,6 +49,15 @@ def test_tiny_overhead_run_is_well_formed() -> None:
         assert _is_summary(entry["wall"]["step_us"], 1)
     assert section["results"]["plain"]["overhead_us"]["median"] == 0
     json.dumps(section)
+
+
+def test_machinery_line_compares_busloop_with_the_lean_plain_loop() -> None:
+    section = run_overhead(contenders=["plain-lean", "busloop-defaults"], **TINY)
+    results = section["results"]
+    expected = results["busloop-defaults"]["overhead_us"]["median"] - results["plain-lean"]["overhead_us"]["median"]
+    line = machinery_line(section)
+    assert line is not None and f"{expected:+.1f} µs" in line and "default callbacks" in line
+    assert machinery_line(run_overhead(contenders=["busloop"], **TINY)) is None  # no lean loop ran
 
 
 def test_missing_or_excluded_peers_are_skipped_with_a_note() -> None:
