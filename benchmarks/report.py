@@ -177,12 +177,12 @@ def machinery_line(section: Mapping[str, Any]) -> str | None:
     if lean is None:
         return None
     base = lean["overhead_us"]["median"]
-    parts = [
-        f"{results[name]['label']} {results[name]['overhead_us']['median'] - base:+.1f} µs "
-        f"({100 * (results[name]['overhead_us']['median'] - base) / section['plain_step_us']:+.1f}%)"
+    extra = {
+        results[name]["label"]: results[name]["overhead_us"]["median"] - base
         for name in ("busloop", "busloop-defaults")
         if name in results
-    ]
+    }
+    parts = [f"{label} {us:+.1f} µs ({100 * us / section['plain_step_us']:+.1f}%)" for label, us in extra.items()]
     if not parts:
         return None
     return "busloop's own cost over the plain loop with busloop's zero_grad (difference of medians): " + ", ".join(parts)

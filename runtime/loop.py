@@ -740,9 +740,9 @@ class Runtime:
             self.scaler = torch.amp.GradScaler(self.device.type)
 
     def _clip_gradients(self) -> None:
+        """Clip by value or norm; the caller checks that ``gradient_clip_val`` is set."""
         cfg = self.config.trainer
-        if cfg.gradient_clip_val is None:
-            return
+        assert cfg.gradient_clip_val is not None
         params = [p for group in self.optimizer.param_groups for p in group["params"]]  # type: ignore[union-attr]
         if cfg.gradient_clip_algorithm == "value":
             nn.utils.clip_grad_value_(params, cfg.gradient_clip_val)
