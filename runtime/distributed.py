@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 __all__ = [
     "all_reduce_sum",
@@ -31,6 +32,7 @@ __all__ = [
     "rank",
     "rank_zero_only",
     "world_size",
+    "wrap_ddp",
 ]
 
 log = logging.getLogger("busloop.distributed")
@@ -166,3 +168,13 @@ def rank_zero_only(fn: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel when several ranks train, else ``model`` itself."""
+    if not is_available_and_initialized() or world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)

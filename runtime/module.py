@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from runtime.loop import Runtime
+from runtime.config import ConfigError, resolve_import
 
-__all__ = ["MODULE_HOOKS", "ModuleBridge"]
+if TYPE_CHECKING:
+    from runtime.core import RuntimeCore as Runtime
+
+__all__ = ["MODULE_HOOKS", "ModuleBridge", "inputs_of", "plain_loss", "resolve_loss", "step_loss"]
 
 #: Bus events that a Lightning-style module may implement as hooks: event -> method name.
 MODULE_HOOKS: dict[str, str] = {
@@ -104,8 +106,8 @@ class ModuleBridge:
         )
         if self.lightning_style and not has_own_log:
             # An instance attribute shadows LightningModule.log for this run only.
-            object.__setattr__(self.model, "log", runtime.module_log)
-            object.__setattr__(self.model, "log_dict", runtime.module_log_dict)
+            object.__setattr__(self.model, "log", runtime.metrics.module_log)
+            object.__setattr__(self.model, "log_dict", runtime.metrics.module_log_dict)
             self._patched_log = True
 
     def detach(self, runtime: Runtime) -> None:
@@ -126,3 +128,35 @@ def step_loss(output: Any) -> Any:
     if isinstance(output, Mapping):
         return output.get("loss")
     return output
+
+
+def resolve_loss(loss: Callable[..., torch.Tensor] | str | None) -> Callable[..., torch.Tensor] | None:
+    """The loss function: as given, or imported from a config path (a class is instantiated)."""
+    if isinstance(loss, str):
+        resolved = resolve_import(loss, key="loss")
+        if isinstance(resolved, type):
+            resolved = resolved()
+        return resolved  # type: ignore[no-any-return]
+    return loss
+
+
+def inputs_of(batch: Any) -> Any:
+    """The model inputs of a batch: its first element for ``(inputs, targets)`` pairs."""
+    return batch[0] if isinstance(batch, list | tuple) else batch
+
+
+def plain_loss(
+    loss_fn: Callable[..., torch.Tensor] | None, model: nn.Module, batch: Any
+) -> torch.Tensor:
+    """``loss_fn(model(inputs), targets)``: how a plain ``nn.Module`` is trained and evaluated."""
+    if loss_fn is None:
+        raise ConfigError(
+            "loss: the model has no training_step, so busloop needs a loss function "
+            "(Runtime(loss=...) or config 'loss: torch.nn.functional:cross_entropy')"
+        )
+    if not isinstance(batch, list | tuple) or len(batch) < 2:
+        raise TypeError(
+            "a plain nn.Module is trained on (inputs, targets) batches; got "
+            f"{type(batch).__name__}. Define training_step for other batch shapes."
+        )
+    return loss_fn(model(batch[0]), batch[1])

@@ -12,12 +12,17 @@ import attrs
 import torch
 from torch import nn
 
+from runtime.config import ConfigError
+
 __all__ = [
     "OptimizationError",
     "SchedulerConfig",
     "build_optimizer",
     "build_schedulers",
+    "clip_gradients",
+    "configure_optimization",
     "parse_configure_optimizers",
+    "step_schedulers",
     "zero_grad",
 ]
 
@@ -208,3 +213,57 @@ def plateau_value(metrics: Mapping[str, float], config: SchedulerConfig) -> floa
 
 
 Factory = Callable[..., Any]
+
+
+def configure_optimization(runtime: Any) -> tuple[torch.optim.Optimizer, list[SchedulerConfig]]:
+    """The run's optimizer and schedulers, from the first of these that ``runtime`` has:
+    a training strategy, the model's ``configure_optimizers`` (when no optimizer is given),
+    the optimizer / scheduler given to the Runtime or named in the config."""
+    if runtime.training_strategy is not None:
+        optimizer, schedulers = runtime.training_strategy.configure_optimizers(runtime)
+        return optimizer, build_schedulers(schedulers, optimizer)
+    configure = getattr(runtime.model, "configure_optimizers", None)
+    if runtime.optimizer_spec is None and callable(configure):
+        return parse_configure_optimizers(configure())
+    if runtime.optimizer_spec is None:
+        raise ConfigError(
+            "optimizer: none given; pass Runtime(optimizer=...), set config "
+            "'optimizer: {name: AdamW, params: {lr: 0.001}}' or define "
+            "configure_optimizers on the model"
+        )
+    optimizer = build_optimizer(runtime.optimizer_spec, runtime.model)
+    return optimizer, build_schedulers(runtime.scheduler_spec, optimizer)
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, value: float, algorithm: str) -> None:
+    """Clip the gradients of ``optimizer``'s parameters by ``value`` or by norm."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if algorithm == "value":
+        nn.utils.clip_grad_value_(params, value)
+    else:
+        nn.utils.clip_grad_norm_(params, value)
+
+
+def step_schedulers(
+    configs: list[SchedulerConfig],
+    interval: str,
+    index: int,
+    metrics: Mapping[str, float],
+    *,
+    plateau: bool = False,
+) -> None:
+    """Step schedulers of ``interval`` whose frequency divides ``index`` (Lightning's rule).
+
+    ``plateau`` selects the ReduceLROnPlateau ones, stepped with their monitored value.
+    """
+    for config in configs:
+        if config.interval != interval or config.reduce_on_plateau != plateau:
+            continue
+        if index % config.frequency:
+            continue
+        if plateau:
+            value = plateau_value(metrics, config)
+            if value is not None:
+                config.scheduler.step(value)
+        else:
+            config.scheduler.step()

@@ -1,0 +1,297 @@
+"""What a :class:`runtime.Runtime` holds, and how a run is set up and torn down.
+
+:class:`RuntimeCore` owns the parts the training story stands on: the config, the model and
+its bridge, the bus and callbacks, the loop state and metric store, the tracker and run
+folder, optimizer / scheduler / scaler set-up, checkpoints, and the run context that reports
+an error once. :mod:`runtime.loop` subclasses it with the story itself (fit, epoch, batch,
+evaluation), so that file reads top to bottom with every event of a run visible.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import math
+import os
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from runtime import distributed as dist
+from runtime.bus import Bus
+from runtime.checkpoint import save_checkpoint
+from runtime.config import Config, ConfigError, config_to_dict, load_config
+from runtime.data import move_to_device, num_batches
+from runtime.devices import autocast_for, select_device
+from runtime.metrics import MetricStore
+from runtime.module import ModuleBridge, plain_loss, resolve_loss
+from runtime.optim import SchedulerConfig, configure_optimization, step_schedulers
+from runtime.resume import ResumePoint, check_state_keys, checkpoint_of, load_weights, restore
+from runtime.state import LoopState
+from runtime.tracking import Tracker, create_tracker
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+log = logging.getLogger("busloop")
+
+__all__ = ["RuntimeCore", "as_count"]
+
+
+class RuntimeCore:
+    """The state and set-up of a run; :class:`runtime.loop.Runtime` adds the loop.
+
+    ``config`` is a :class:`runtime.config.Config`, a dict, a YAML/JSON path or None.
+    ``loss``, ``optimizer`` and ``scheduler`` override the config; see the README.
+    ``tracker`` defaults to the one the config describes (created on the first run, on
+    rank zero only); pass :class:`runtime.tracking.NullTracker` for none.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        callbacks: Sequence[object] = (),
+        config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        *,
+        loss: Callable[..., torch.Tensor] | str | None = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        tracker: Tracker | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, Config) else load_config(config)
+        cfg = self.config.trainer
+        self.model = model
+        self.callbacks = list(callbacks)
+        self.bus = Bus()
+        self.bus.subscribe_all(self.callbacks)
+        check_state_keys(self.callbacks)
+        self.state = LoopState(max_epochs=cfg.epochs, max_steps=cfg.max_steps)
+        self.device = select_device(cfg.accelerator)
+        self.loss_fn = resolve_loss(loss if loss is not None else self.config.loss)
+        self.optimizer_spec: Any = optimizer if optimizer is not None else self.config.optimizer
+        """What the optimizer is built from (object, factory or spec); None: configure_optimizers."""
+        self.scheduler_spec: Any = scheduler if scheduler is not None else self.config.scheduler
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_scheduler_configs: list[SchedulerConfig] = []
+        self.scaler: torch.amp.GradScaler | None = None
+        self.accumulate_grad_batches: int = cfg.accumulate_grad_batches or 1
+        self.tracker: Tracker | None = tracker
+        self.ckpt_path: str | None = None
+        self.loaders: dict[str, Iterable[Any]] = {}
+        """Loaders by split ("train", "val", "test", ...): fit sets train/val, the CLI all."""
+        self.training_strategy: Any = None
+        """Optional object owning optimization: ``configure_optimizers(runtime)`` returns
+        ``(optimizer, schedulers)``; ``update_parameters(runtime)`` runs after every backward."""
+        self._bridge = ModuleBridge(model)
+        self._train_model: nn.Module = model
+        self._autocast = autocast_for(cfg.precision, self.device)
+        """The mixed-precision context the steps run in; None for full precision."""
+        self._training_step: Callable[[Any, int], Any] = (
+            self._bridge.step("training") or self._plain_training_step
+        )
+        self.metrics = MetricStore(self.state, self.device)
+        """What ``log`` records; reduced per epoch into ``state.metrics``."""
+        self._epoch_rng: dict[str, Any] | None = None
+        self._val_pending = False
+        self._logged_step = -1
+        self._resume: ResumePoint | None = None
+        self._predictions: list[Any] = []
+
+    def log(
+        self, name: str, value: Any, batch_size: int | None = None, prog_bar: bool = False
+    ) -> None:
+        """Record a value; it is reduced per epoch (batch-size weighted mean).
+
+        A name without ``/`` gets the current stage's prefix (``train/``, ``val/``,
+        ``test/``). Tensors stay on their device until the epoch ends (no sync per step), so
+        do not log a tensor you later modify in place (parameters are copied; buffers are not).
+        """
+        self.metrics.log(name, value, batch_size)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop training after the current batch (validation still runs if it is due)."""
+        self.state.request_stop(reason)
+        log.info("Stop requested: %s", reason)
+
+    def save_checkpoint(
+        self, path: str | os.PathLike[str], *, monitor: str | None = None, score: float | None = None
+    ) -> Path:
+        """Write a full checkpoint atomically (rank zero writes; every rank waits)."""
+        checkpoint = self.checkpoint_dict()
+        target = Path(path)
+        if dist.is_rank_zero():
+            save_checkpoint(checkpoint, target)
+        dist.barrier()
+        self.bus.event.checkpoint_written.emit(self, path=target, monitor=monitor, score=score)
+        return target
+
+    def checkpoint_dict(self) -> dict[str, Any]:
+        """The checkpoint as a dict of weights_only-safe values (see DESIGN.md)."""
+        checkpoint = checkpoint_of(self, epoch_rng=self._epoch_rng, val_pending=self._val_pending)
+        self.bus.event.save_checkpoint.emit(self, checkpoint=checkpoint)
+        return checkpoint
+
+    def close(self, status: str = "success") -> None:
+        """Finalise the tracker (idempotent); the CLI and ``with Runtime(...)`` call it."""
+        if self.tracker is not None:
+            self.tracker.finalize(status)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.close("failed" if exc_type else "success")
+
+    @property
+    def lightning_module(self) -> nn.Module:
+        return self.model
+
+    # ------------------------------------------------------------------ helpers
+    def _plain_training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """The training step of a plain ``nn.Module``: the configured loss, logged as train/loss."""
+        loss = plain_loss(self.loss_fn, self._train_model, batch)
+        self.metrics.record("train/loss", loss.detach(), None)
+        return loss
+
+    def _log_step_metrics(self) -> None:
+        """Send the latest per-step train values to the tracker (once per logged step)."""
+        self._logged_step = self.state.global_step
+        step_values = {
+            f"{k}_step": float(v) for k, v in self.state.step_metrics.items()
+            if k.startswith("train") or "/" not in k
+        }
+        if step_values and self.tracker is not None:
+            self.tracker.log_metrics(step_values, step=self.state.global_step, epoch=self.state.epoch)
+
+    def _log_epoch_summary(self) -> None:
+        st = self.state
+        parts = " | ".join(f"{k}: {v:.5g}" for k, v in sorted(st.metrics.items()))
+        log.debug("[Epoch %d/%d] step %d | %s", st.epoch + 1, st.max_epochs, st.global_step, parts)
+
+    @contextlib.contextmanager
+    def _running(self, stage: str) -> Iterator[None]:
+        """One public run: tracker, module hooks, stage bookkeeping, the exception event."""
+        st = self.state
+        outer = st.stage
+        if outer is None:
+            self._open_tracker()
+            self._bridge.attach(self)
+            self.model.to(self.device)
+        st.stage = stage
+        self.metrics.clear()
+        try:
+            yield
+        except BaseException as exc:
+            self._report_exception(exc)
+            raise
+        finally:
+            st.stage = outer
+            if outer is None:
+                self._bridge.detach(self)
+
+    def _report_exception(self, exc: BaseException) -> None:
+        """Emit ``exception`` once per error, log it, finalise the tracker as failed."""
+        if getattr(exc, "_busloop_reported", False):
+            return
+        with contextlib.suppress(AttributeError):
+            exc._busloop_reported = True  # type: ignore[attr-defined]
+        log.error("Run failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        try:
+            self.bus.event.exception.emit(self, exception=exc)
+        except Exception as handler_error:  # a failing handler must not hide the real error
+            log.error("While handling the error: %s", handler_error)
+        if self.tracker is not None:
+            self.tracker.finalize("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+
+    def _open_tracker(self) -> None:
+        if self.tracker is None:
+            tcfg = self.config.tracker
+            self.tracker = create_tracker(tcfg.save_directory, tcfg.run_name, tcfg.backends)
+            atexit.register(_close_at_exit, weakref.ref(self))
+            save_config = getattr(self.tracker, "save_config", None)
+            if callable(save_config):
+                save_config(config_to_dict(self.config))
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The tracker's run folder (``runs/<N>-<name>``), or None."""
+        return getattr(self.tracker, "run_dir", None)
+
+    def _prepare_loaders(
+        self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None
+    ) -> tuple[Iterable[Any], Iterable[Any] | None]:
+        if dist.launched_by_torchrun():
+            from runtime.data import distributed_loader
+
+            if dist.init_process_group(self.device):
+                log.info("torch.distributed initialised: rank %d of %d", dist.rank(), dist.world_size())
+            train_loader = distributed_loader(train_loader)
+            val_loader = distributed_loader(val_loader, shuffle=False) if val_loader is not None else None
+        return train_loader, val_loader
+
+    def _configure_optimization(self) -> None:
+        """Model to device, DDP wrapping, optimizer, schedulers, grad scaler."""
+        self.model.to(self.device)
+        if self._train_model is self.model:
+            self._train_model = dist.wrap_ddp(self.model, self.device)
+            if self._train_model is not self.model and self._bridge.lightning_style:
+                raise ConfigError(
+                    "DDP with a Lightning-style training_step is not supported yet; use a "
+                    "plain nn.Module with a loss"
+                )
+        if self.optimizer is None:
+            self.optimizer, self.lr_scheduler_configs = configure_optimization(self)
+        if self.config.trainer.precision == "16-mixed" and self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.device.type)
+
+    def _step_schedulers(self, interval: str, index: int, *, plateau: bool = False) -> None:
+        step_schedulers(self.lr_scheduler_configs, interval, index, self.state.metrics, plateau=plateau)
+
+    def _val_check_batches(self, n: int) -> int:
+        interval = self.config.trainer.val_check_interval
+        if isinstance(interval, float):
+            return n if interval >= 1.0 else max(1, int(n * interval))
+        return interval
+
+    def _is_val_epoch(self) -> bool:
+        every = self.config.trainer.check_val_every_n_epoch
+        return every is None or (self.state.epoch + 1) % every == 0
+
+    def _count_val_batches(self, loader: Iterable[Any] | None) -> int:
+        if loader is None:
+            return 0
+        return as_count(num_batches(loader, self.config.trainer.limit_val_batches))
+
+    def _max_steps_reached(self) -> bool:
+        max_steps = self.state.max_steps
+        return max_steps is not None and self.state.global_step >= max_steps
+
+    def _to_device(self, batch: Any) -> Any:
+        return batch if self.device.type == "cpu" else move_to_device(batch, self.device)
+
+    def _restore(self, path: str | os.PathLike[str]) -> None:
+        """Load a checkpoint: weights, optimizer/scheduler/scaler, callbacks, loop position."""
+        self.ckpt_path = str(path)
+        checkpoint = load_weights(self, path)
+        self.bus.event.load_checkpoint.emit(self, checkpoint=checkpoint)
+        self._resume = restore(self, checkpoint, path)
+
+
+def _close_at_exit(runtime_ref: weakref.ref[RuntimeCore]) -> None:
+    """Finalise a tracker left open at interpreter exit (a script that never called close)."""
+    runtime = runtime_ref()
+    if runtime is not None:
+        with contextlib.suppress(Exception):
+            runtime.close()
+
+
+def as_count(value: float) -> int:
+    """A loader's batch count as an int; a loader without a length is a ConfigError."""
+    if math.isinf(value):
+        raise ConfigError("loaders without a length are not supported yet; give the dataset a __len__")
+    return int(value)

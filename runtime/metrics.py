@@ -1,0 +1,155 @@
+"""The metric store behind ``Runtime.log`` and a LightningModule's ``self.log``.
+
+Values are kept per stage prefix (``train``, ``val``, ``test``, ``predict``) as they are
+logged (tensors stay on their device: no sync per step) and reduced once per epoch into
+batch-size-weighted means, summed across ranks under DDP in one collective. The latest
+value of each name is mirrored in ``state.step_metrics`` for progress bars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from runtime import distributed as dist
+from runtime.data import batch_size_of
+from runtime.state import LoopState
+
+__all__ = ["STAGE_PREFIX", "MetricStore"]
+
+#: The metric-name prefix of each stage and loop section.
+STAGE_PREFIX = {"fit": "train", "train": "train", "validation": "val", "test": "test", "predict": "predict"}
+
+_Log = tuple[list[Any], list[int]]
+"""The values logged under one name in one epoch, and the batch size of each."""
+
+
+class MetricStore:
+    """Logged values of the running epochs and their per-epoch reductions.
+
+    The loop sets :attr:`batch` for every batch (and resets :attr:`batch_size`), so a value
+    logged without a batch size is weighted by the size of the batch it came from.
+    """
+
+    def __init__(self, state: LoopState, device: torch.device) -> None:
+        self.state = state
+        self.device = device
+        self.prefix = "train"
+        """The stage prefix a name without ``/`` gets (see :meth:`log`)."""
+        self.batch: Any = None
+        self.batch_size: int | None = None
+        self.active: dict[str, _Log] = {}
+        """The logs of the current stage, by name."""
+        self._logs: dict[str, dict[str, _Log]] = {}
+        self._epoch_metrics: dict[str, dict[str, float]] = {}
+
+    def clear(self) -> None:
+        """Forget everything logged (the start of a public run)."""
+        self._epoch_metrics.clear()
+        self._logs.clear()
+
+    def begin_stage(self, prefix: str) -> None:
+        """Route the next logs to the ``prefix`` stage."""
+        self.prefix = prefix
+        self.active = self._logs.setdefault(prefix, {})
+
+    def log(self, name: str, value: Any, batch_size: int | None = None) -> None:
+        """``Runtime.log``: a name without ``/`` gets the current stage's prefix."""
+        if "/" not in name:
+            name = f"{self.prefix}/{name}"
+        self.record(name, value, batch_size)
+
+    def module_log(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool = False,
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: Any = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Any = None,
+        add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        metric_attribute: str | None = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        """``LightningModule.log`` while the runtime drives the module: names kept as given."""
+        self.record(name, value, batch_size)
+
+    def module_log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
+        """``LightningModule.log_dict`` counterpart of :meth:`module_log`."""
+        for name, value in dictionary.items():
+            self.module_log(name, value, **kwargs)
+
+    def record(self, name: str, value: Any, batch_size: int | None) -> None:
+        """Keep ``value`` under ``name`` for this epoch's reduction (the per-step path)."""
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            # A parameter is updated in place later: keep a copy. A step's result is fresh.
+            value = value.detach().clone() if value.is_leaf else value.detach()
+        if batch_size is None:
+            batch_size = self.batch_size
+            if batch_size is None:
+                batch_size = self.batch_size = batch_size_of(self.batch) if self.batch is not None else 1
+        entry = self.active.get(name)
+        if entry is None:
+            entry = self.active[name] = ([], [])
+        entry[0].append(value)
+        entry[1].append(batch_size)
+        self.state.step_metrics[name] = value
+
+    def reduce(self, prefix: str) -> dict[str, float]:
+        """Batch-size-weighted means of this stage's logs (one sync, summed across ranks).
+
+        Merges into ``state.metrics`` and returns this stage's metrics. Values logged
+        again after a reduction (e.g. in ``*_epoch_end``) are folded into the same epoch.
+        """
+        logs = self._logs.get(prefix)
+        if logs:
+            names = list(logs)
+            sums = torch.stack([_weighted_sum(*logs[n]) for n in names])
+            counts = torch.tensor([float(sum(logs[n][1])) for n in names], dtype=torch.float64)
+            totals = dist.all_reduce_sum(torch.cat([sums.cpu(), counts]).to(self._reduce_device()))
+            values = (totals[: len(names)] / totals[len(names) :]).tolist()
+            reduced = dict(zip(names, values, strict=True))
+            self._epoch_metrics.setdefault(prefix, {}).update(reduced)
+            self.state.metrics.update(reduced)
+            logs.clear()
+        return dict(self._epoch_metrics.get(prefix, {}))
+
+    def pending(self, prefix: str) -> dict[str, Any]:
+        """The not yet reduced logs of ``prefix``, weights_only-safe (for a checkpoint)."""
+        return {
+            name: {
+                "values": [torch.as_tensor(v).detach().cpu() for v in values],
+                "sizes": list(sizes),
+            }
+            for name, (values, sizes) in self._logs.get(prefix, {}).items()
+        }
+
+    def restore_pending(self, prefix: str, saved: Mapping[str, Any]) -> None:
+        """Put back what :meth:`pending` saved (an exact mid-epoch resume)."""
+        self._logs[prefix] = {
+            name: (list(entry["values"]), list(entry["sizes"])) for name, entry in saved.items()
+        }
+
+    def _reduce_device(self) -> torch.device:
+        if dist.is_available_and_initialized() and self.device.type == "cuda":
+            return self.device
+        return torch.device("cpu")
+
+
+def _weighted_sum(values: list[Any], sizes: list[int]) -> torch.Tensor:
+    stacked: torch.Tensor | None = None
+    if all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in values):
+        try:  # one stack for the epoch instead of three tensor ops per logged value
+            stacked = torch.stack(values).to(device="cpu", dtype=torch.float64)
+        except RuntimeError:  # values on several devices
+            stacked = None
+    if stacked is None:
+        stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu().reshape(()) for v in values])
+    return (stacked * torch.tensor(sizes, dtype=torch.float64)).sum()

@@ -1,0 +1,202 @@
+"""What a checkpoint holds about a run, and how the loop is put back exactly where it was.
+
+:func:`checkpoint_of` builds the dict :meth:`Runtime.save_checkpoint` writes (weights,
+optimizer / scheduler / scaler states, the loop position, RNG states, each stateful
+callback's state under its ``state_key``, the config and package versions).
+:func:`restore` loads one into a runtime and returns the :class:`ResumePoint` the next
+training epoch consumes; :func:`epoch_batches` then replays that epoch's start (same
+shuffle, same worker seeds), skips the batches already trained at the sampler level and
+continues the saved random stream, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from runtime.bus import BusError
+from runtime.checkpoint import (
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    versions,
+)
+from runtime.config import config_to_dict
+from runtime.data import iterate, set_sampler_epoch
+
+if TYPE_CHECKING:
+    from runtime.core import RuntimeCore as Runtime
+
+__all__ = [
+    "ResumePoint",
+    "check_state_keys",
+    "checkpoint_of",
+    "epoch_batches",
+    "load_weights",
+    "restore",
+    "state_key",
+]
+
+log = logging.getLogger("busloop")
+
+
+@attrs.define
+class ResumePoint:
+    """Where a restored checkpoint left the fit loop (consumed when the epoch starts)."""
+
+    batch_idx: int
+    epoch_done: bool
+    epoch_rng: dict[str, Any] | None
+    rng: dict[str, Any] | None
+    val_pending: bool = False
+
+
+def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dict[str, Any]:
+    """The checkpoint of ``runtime`` as a dict of weights_only-safe values (see DESIGN.md).
+
+    ``epoch_rng`` is the RNG state at the start of the running epoch and ``val_pending``
+    whether a validation is due after the last finished batch: the loop's own position.
+    """
+    st = runtime.state
+    epoch_done = st.training is False and st.batch_idx >= st.num_training_batches > 0
+    callback_states: dict[str, Any] = {}
+    for callback in runtime.callbacks:
+        state_dict = getattr(callback, "state_dict", None)
+        state = state_dict() if callable(state_dict) else None
+        if state:
+            callback_states[state_key(callback)] = state
+    return {
+        FORMAT_KEY: FORMAT_VERSION,
+        "epoch": st.epoch,
+        "global_step": st.global_step,
+        "loop": {
+            "epoch": st.epoch,
+            "batch_idx": st.batch_idx,
+            "epoch_done": epoch_done,
+            "val_pending": val_pending,
+            "epoch_rng": None if epoch_done else epoch_rng,
+            "pending_logs": runtime.metrics.pending("train"),
+        },
+        "state_dict": runtime.model.state_dict(),
+        "optimizer_states": [runtime.optimizer.state_dict()] if runtime.optimizer else [],
+        "lr_schedulers": [c.scheduler.state_dict() for c in runtime.lr_scheduler_configs],
+        "scaler": runtime.scaler.state_dict() if runtime.scaler is not None else None,
+        "accumulate_grad_batches": runtime.accumulate_grad_batches,
+        "rng": rng_state(),
+        "callbacks": callback_states,
+        "metrics": dict(st.metrics),
+        "history": [dict(entry) for entry in st.history],
+        "config": config_to_dict(runtime.config),
+        "versions": versions(),
+    }
+
+
+def load_weights(runtime: Runtime, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the checkpoint at ``path`` (weights_only) and load its weights into the model."""
+    checkpoint = load_checkpoint(path, map_location=runtime.device)
+    try:
+        runtime.model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the model weights do not fit this model: {exc}") from None
+    return checkpoint
+
+
+def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> ResumePoint | None:
+    """Load callbacks, optimizer / schedulers / scaler and the loop position from ``checkpoint``.
+
+    Returns where the fit loop resumes, or None for a Lightning checkpoint (it resumes at
+    the start of the epoch after the one it was saved in).
+    """
+    states = checkpoint.get("callbacks", {})
+    for callback in runtime.callbacks:
+        key = state_key(callback)
+        if key in states and callable(getattr(callback, "load_state_dict", None)):
+            callback.load_state_dict(states[key])  # type: ignore[attr-defined]
+    if runtime.optimizer is not None and checkpoint.get("optimizer_states"):
+        runtime.optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+    for config, state in zip(runtime.lr_scheduler_configs, checkpoint.get("lr_schedulers", []), strict=False):
+        config.scheduler.load_state_dict(state)
+    if runtime.scaler is not None and checkpoint.get("scaler"):
+        runtime.scaler.load_state_dict(checkpoint["scaler"])
+    runtime.accumulate_grad_batches = int(
+        checkpoint.get("accumulate_grad_batches", runtime.accumulate_grad_batches)
+    )
+
+    st = runtime.state
+    loop = checkpoint.get("loop")
+    st.global_step = int(checkpoint.get("global_step", 0))
+    st.metrics = dict(checkpoint.get("metrics", {}))
+    st.history = [dict(entry) for entry in checkpoint.get("history", [])]
+    if loop is None:  # a Lightning checkpoint: resume at the next epoch
+        st.epoch = int(checkpoint.get("epoch", -1)) + 1
+        return None
+    st.epoch = int(loop["epoch"])
+    st.batch_idx = int(loop["batch_idx"])
+    runtime.metrics.restore_pending("train", loop.get("pending_logs", {}))
+    log.info("Resumed from %s at epoch %d, batch %d, step %d", path, st.epoch, st.batch_idx, st.global_step)
+    return ResumePoint(
+        batch_idx=st.batch_idx,
+        epoch_done=bool(loop["epoch_done"]),
+        epoch_rng=loop.get("epoch_rng"),
+        val_pending=bool(loop.get("val_pending", False)),
+        rng=checkpoint.get("rng"),
+    )
+
+
+def epoch_batches(
+    loader: Iterable[Any], epoch: int, resume: ResumePoint | None
+) -> tuple[Iterator[Any], dict[str, Any]]:
+    """The epoch's batches (from the resume position) and the RNG state at the epoch's start.
+
+    Exact resume: replay the epoch's start (same shuffle, same worker seeds), skip the
+    batches already trained at the sampler level, then continue the saved random stream.
+    """
+    set_sampler_epoch(loader, epoch)
+    if resume is None:
+        epoch_rng = rng_state()
+        return iterate(loader), epoch_rng
+    if resume.epoch_rng is not None:
+        set_rng_state(resume.epoch_rng)
+    elif resume.rng is not None:
+        set_rng_state(resume.rng)
+    epoch_rng = rng_state()
+    batches = iterate(loader, resume.batch_idx, replay_persistent=epoch > 0)
+    if resume.epoch_rng is not None and resume.rng is not None:
+        set_rng_state(resume.rng)
+    return batches, epoch_rng
+
+
+def state_key(callback: object) -> str:
+    """The key of ``callback``'s state in a checkpoint: its ``state_key``, else its class name."""
+    key = getattr(callback, "state_key", None)
+    return key if isinstance(key, str) else type(callback).__qualname__
+
+
+def _has_state(callback: object) -> bool:
+    """Whether the callback defines its own ``state_dict`` (the base class's is empty)."""
+    from runtime.callback import Callback
+
+    method = getattr(type(callback), "state_dict", None)
+    return callable(method) and method is not Callback.state_dict
+
+
+def check_state_keys(callbacks: Sequence[object]) -> None:
+    """Two stateful callbacks with one state_key would overwrite each other's state."""
+    seen: dict[str, object] = {}
+    for callback in callbacks:
+        if not _has_state(callback):
+            continue
+        key = state_key(callback)
+        if key in seen:
+            raise BusError(
+                f"callbacks {type(seen[key]).__name__} and {type(callback).__name__} share the "
+                f"state_key {key!r}; give one of them a distinct state_key"
+            )
+        seen[key] = callback
