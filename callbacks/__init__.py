@@ -1,21 +1,23 @@
-"""busloop's native callbacks. Importing this package registers every one by name.
+"""busloop's native callbacks (the luxonis layer). Importing this package registers every
+one by name in :mod:`runtime.registry`; :func:`build_callbacks` gives a config run's set.
 
 >>> from callbacks import EMACallback, ModelCheckpoint, CALLBACKS
 """
 
-from callbacks.checkpoint import ModelCheckpoint
+from callbacks.defaults import build_callbacks
 from callbacks.ema import EMACallback
 from callbacks.fail_on_no_batches import FailOnNoTrainBatches
-from callbacks.grad_accumulation import GradientAccumulationScheduler
 from callbacks.interrupt import GracefulInterruptCallback
 from callbacks.metadata import MetadataLogger
 from callbacks.progress import LuxonisRichProgressBar, LuxonisTQDMProgressBar
-from callbacks.registry import CALLBACKS, build_callbacks, register, resolve_callback
 from callbacks.summary import LuxonisModelSummary
 from callbacks.test_on_train_end import TestOnTrainEnd
 from callbacks.training_manager import TrainingManager
 from callbacks.training_progress import TrainingProgressCallback
 from callbacks.upload import UploadCheckpoint
+from compat.gradient_accumulation import GradientAccumulationScheduler
+from compat.model_checkpoint import ModelCheckpoint
+from runtime.registry import CALLBACKS, register, resolve_callback
 
 __all__ = [
     "CALLBACKS",

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from callbacks.registry import register
 from runtime.callback import Callback
 from runtime.loop import Runtime
+from runtime.registry import register
 
 log = logging.getLogger("busloop.callbacks")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import attrs
 
-from callbacks.registry import register
 from runtime import distributed as dist
 from runtime.callback import Callback
 from runtime.loop import Runtime
+from runtime.registry import register
 
 __all__ = ["FailOnNoTrainBatches", "NoBatchesReport", "batches_needed", "minimum_dataset_size"]
 

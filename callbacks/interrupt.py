@@ -59,11 +59,11 @@ from typing import Any
 
 import torch
 
-from callbacks.registry import register
 from runtime import distributed as dist
 from runtime.bus import StopEvent
 from runtime.callback import Callback
 from runtime.loop import Runtime
+from runtime.registry import register
 from runtime.tracking import Tracker
 
 log = logging.getLogger("busloop.callbacks")

@@ -26,12 +26,12 @@ from typing import Any
 import yaml
 
 import runtime as runtime_package
-from callbacks.registry import register
 from runtime.callback import Callback
 from runtime.checkpoint import versions
 from runtime.config import config_to_dict
 from runtime.distributed import is_rank_zero
 from runtime.loop import Runtime
+from runtime.registry import register
 
 log = logging.getLogger("busloop.callbacks")
 

@@ -54,10 +54,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from callbacks.registry import register
 from runtime.callback import Callback
 from runtime.distributed import is_rank_zero
 from runtime.loop import Runtime
+from runtime.registry import register
 
 __all__ = [
     "PRINTED_ATTR",

@@ -28,11 +28,11 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 from callbacks.progress import ConsoleOutput, human_count, install_echo_filter, plain_table
-from callbacks.registry import register
 from runtime.callback import Callback
 from runtime.data import move_to_device
 from runtime.distributed import is_rank_zero
 from runtime.loop import Runtime
+from runtime.registry import register
 
 __all__ = ["LayerInfo", "LuxonisModelSummary", "ModelSummaryData", "summarize_model"]
 

@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from callbacks.registry import register
 from runtime.callback import Callback
 from runtime.checkpoint import CheckpointError, load_checkpoint
 from runtime.loop import Runtime
+from runtime.registry import register
 
 log = logging.getLogger("busloop.callbacks")
 

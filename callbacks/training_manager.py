@@ -50,11 +50,11 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from callbacks.registry import register
 from callbacks.strategies import ConfigOptimizerStrategy, build_strategy
 from runtime.callback import Callback
 from runtime.config import ConfigError, suggest
 from runtime.loop import Runtime
+from runtime.registry import register
 
 log = logging.getLogger("busloop.callbacks")
 
@@ -330,7 +330,6 @@ def _node_groups(optimizer: torch.optim.Optimizer | None, name: str, params: lis
 
 def _optimization_specs(runtime: Runtime) -> tuple[Any, Any]:
     """The optimizer and scheduler the runtime would use (its overrides, else the config)."""
-    # TODO(lead): read public Runtime attributes once the runtime exposes them.
     optimizer = runtime.optimizer_spec
     scheduler = runtime.scheduler_spec
     return optimizer, scheduler

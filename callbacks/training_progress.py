@@ -23,10 +23,10 @@ import logging
 import time
 from typing import Any
 
-from callbacks.registry import register
 from runtime.callback import Callback
 from runtime.distributed import is_rank_zero
 from runtime.loop import Runtime
+from runtime.registry import register
 from runtime.tracking import NullTracker
 
 log = logging.getLogger("busloop.callbacks")

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from callbacks.registry import register
 from runtime.callback import Callback
+from runtime.registry import register
 
 log = logging.getLogger("busloop.callbacks")
 

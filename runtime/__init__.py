@@ -6,7 +6,8 @@
 from runtime.bus import EVENTS, Bus, BusError, CallbackError, StopEvent
 from runtime.callback import Callback
 from runtime.config import Config, ConfigError, load_config
-from runtime.loop import Runtime, seed_everything, select_device
+from runtime.devices import seed_everything, select_device
+from runtime.loop import Runtime
 from runtime.state import LoopState
 
 __all__ = [

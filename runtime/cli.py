@@ -1,5 +1,11 @@
 """``busloop`` command line: train, test, list callbacks, benchmark.
 
+The composition root: the one module that wires busloop's packages together. The layers
+import one way, ``runtime`` <- ``compat`` (the Lightning layer) <- ``callbacks`` (the luxonis
+layer); this module alone imports all of them and ``benchmarks`` (lazily, per command, so
+``busloop --help`` stays quick). It builds the job from the config factories, the callbacks
+from ``callbacks.build_callbacks`` and hands both to :class:`runtime.Runtime`.
+
 User mistakes (config, checkpoint, callback registration) exit with code 2 and one line;
 ``--debug`` shows the traceback. A run that fails inside a callback or step exits 1.
 """
@@ -143,7 +149,7 @@ def _runtime(cfg: Config, model: Any) -> Any:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from runtime.loop import seed_everything
+    from runtime.devices import seed_everything
 
     config, overrides = _split(ns.args)
     cfg = _load(config, overrides)

@@ -23,7 +23,7 @@ import torch
 
 from runtime.core import RuntimeCore, as_count
 from runtime.data import iterate, move_to_device, num_batches
-from runtime.devices import seed_everything, select_device
+from runtime.devices import seed_everything
 from runtime.metrics import STAGE_PREFIX
 from runtime.module import inputs_of, plain_loss, step_loss
 from runtime.optim import clip_gradients, zero_grad
@@ -32,7 +32,7 @@ from runtime.state import LoopState
 
 log = logging.getLogger("busloop")
 
-__all__ = ["Runtime", "seed_everything", "select_device"]
+__all__ = ["Runtime"]
 
 
 class Runtime(RuntimeCore):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks.checkpoint import ModelCheckpoint
 from callbacks.ema import EMACallback
+from compat.model_checkpoint import ModelCheckpoint
 from conftest import base_config, make_loader
 from runtime import Callback, Runtime
 from runtime.checkpoint import load_checkpoint

@@ -82,14 +82,6 @@ def _assert_identical(a: Any, b: Any, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def _ema_available() -> bool:
-    try:
-        from callbacks.ema import EMACallback  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------- in-process helpers
 class SelfSignal(Callback):
     """Sends the running process ``sig`` while training batch (epoch, batch) runs (at its
@@ -430,7 +422,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     baselines and the interrupted runs; phase 2 (fresh processes) resumes each resume.ckpt.
     Returns the processes' outputs and the folders of the results."""
     root = tmp_path_factory.mktemp("interrupt-matrix")
-    cases = [c for c in CASES if not c.ema or _ema_available()]
+    cases = CASES
     phase1: dict[int, list[dict[str, Any]]] = {0: [], 2: []}
     for variant in sorted({c.variant for c in cases}):
         case = next(c for c in cases if c.variant == variant)
@@ -458,8 +450,6 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_interrupted_and_resumed_run_is_bitwise_identical(matrix: dict[str, Any], case: Case) -> None:
-    if case.ema and not _ema_available():
-        pytest.skip("callbacks.ema (EMACallback) is not available")
     root: Path = matrix["root"]
     interrupted = _load(root / "interrupted" / case.name / "result.pt")
     epoch, batch = case.kill

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks.checkpoint import ModelCheckpoint
-from callbacks.grad_accumulation import GradientAccumulationScheduler
 from callbacks.upload import UploadCheckpoint
+from compat.gradient_accumulation import GradientAccumulationScheduler
+from compat.model_checkpoint import ModelCheckpoint
 from conftest import base_config, make_loader, make_model
 from runtime import Callback, Runtime
 from runtime.tracking import LocalTracker, NullTracker

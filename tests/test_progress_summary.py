@@ -20,10 +20,10 @@ from callbacks.progress import (
     install_echo_filter,
     publish_matrix,
 )
-from callbacks.registry import CALLBACKS
 from callbacks.summary import LuxonisModelSummary, summarize_model
 from conftest import base_config, make_loader, make_model
 from runtime import Callback, Runtime
+from runtime.registry import CALLBACKS
 
 ANSI = "\x1b["
 CONFUSION = [[5, 1], [2, 8]]

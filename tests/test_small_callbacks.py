@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from callbacks.checkpoint import ModelCheckpoint
+from callbacks.ema import EMACallback
 from callbacks.fail_on_no_batches import (
     FailOnNoTrainBatches,
     NoBatchesReport,
@@ -26,6 +26,7 @@ from callbacks.fail_on_no_batches import (
 from callbacks.metadata import MetadataLogger, busloop_source_dir, config_value, git_info
 from callbacks.test_on_train_end import TestOnTrainEnd, checkpoint_callbacks
 from callbacks.training_progress import TrainingProgressCallback
+from compat.model_checkpoint import ModelCheckpoint
 from conftest import base_config, make_data, make_loader, make_model
 from runtime import Callback, Runtime
 from runtime.bus import CallbackError
@@ -451,7 +452,6 @@ def test_test_on_train_end_tests_the_preferred_best_checkpoint(
 
 def test_test_on_train_end_with_ema_tests_the_best_ema_checkpoint(tmp_path: Path) -> None:
     """EMA first (the registry's order): the test sees the best checkpoint, not the last EMA."""
-    ema_module = pytest.importorskip("callbacks.ema")
     folder = tmp_path / "ckpt"
     metric_cb = ModelCheckpoint(
         monitor="val/epoch_score",
@@ -462,7 +462,7 @@ def test_test_on_train_end_with_ema_tests_the_best_ema_checkpoint(tmp_path: Path
     )
     probe = Probe([metric_cb], folder)
     tester = TestOnTrainEnd()
-    ema = ema_module.EMACallback(decay=0.5, use_dynamic_decay=False)
+    ema = EMACallback(decay=0.5, use_dynamic_decay=False)
     rt = _runtime(
         [ema, ScoreLogger(), metric_cb, probe, tester],
         epochs=3,

@@ -1,8 +1,9 @@
-"""A minimal native ModelCheckpoint: keep the best ``save_top_k`` checkpoints of a metric.
+"""ModelCheckpoint: keep the best ``save_top_k`` checkpoints of a metric.
 
 Checkpoints are written after validation (or at the end of each training epoch when there
-is no validation), into ``<run>/checkpoints/<subdir>/`` unless ``dirpath`` is given. The
-Lightning-compatible ModelCheckpoint lives in ``compat``.
+is no validation), into ``<run>/checkpoints/<subdir>/`` unless ``dirpath`` is given. This is
+the minimal first version; it grows to Lightning 2.6's full ModelCheckpoint here, in
+``compat``, and the default callback set of ``callbacks`` uses it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from callbacks.registry import register
 from runtime.callback import Callback
 from runtime.distributed import is_rank_zero
 from runtime.loop import Runtime
+from runtime.registry import register
 
 log = logging.getLogger("busloop.callbacks")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from callbacks.registry import register
 from runtime.callback import Callback
+from runtime.registry import register
 
 
 @register()

@@ -1,0 +1,86 @@
+"""The callback registry: names a config may use, mapped to callback classes.
+
+A config entry ``{name, active, params}`` names a registered callback or an import path
+(``mypkg.cbs:MyCallback``, ``lightning.pytorch.callbacks.LearningRateMonitor``); only import
+paths the user wrote are imported. Packages register their callbacks when they are imported
+(``@register`` on the class): ``compat`` its Lightning callbacks, ``callbacks`` the native
+ones; the composition root (``runtime.cli``) and ``callbacks.build_callbacks`` import them.
+This module depends on no other package of busloop's but the runtime's name helpers, so
+every floor can register into it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from runtime.config import ConfigError, resolve_import, suggest
+
+__all__ = ["CALLBACKS", "class_name", "instantiate", "register", "resolve_callback"]
+
+T = TypeVar("T", bound=type)
+
+#: Registered name -> callback class.
+CALLBACKS: dict[str, type] = {}
+
+
+def register(*names: str) -> Callable[[T], T]:
+    """Class decorator: register a callback under its class name and any extra ``names``."""
+
+    def decorate(cls: T) -> T:
+        for name in (cls.__name__, *names):
+            if name in CALLBACKS and CALLBACKS[name] is not cls:
+                raise ValueError(f"callback name {name!r} is already registered by {CALLBACKS[name]}")
+            CALLBACKS[name] = cls
+        return cls
+
+    return decorate
+
+
+def resolve_callback(name: str, *, key: str) -> type:
+    """The class for a registered name or an import path; ConfigError names ``key``."""
+    if name in CALLBACKS:
+        return CALLBACKS[name]
+    if ":" in name or "." in name:
+        resolved = resolve_import(name, key=key)
+        if not callable(resolved):
+            raise ConfigError(f"{key}: {name!r} is not a class or factory")
+        return resolved  # type: ignore[no-any-return]
+    raise ConfigError(
+        f"{key}: unknown callback {name!r}{suggest(name, CALLBACKS)} "
+        "(use a registered name or an import path like 'pkg.module:MyCallback')"
+    )
+
+
+def instantiate(cls: type, params: dict[str, Any], *, key: str) -> object:
+    """``cls(**params)``, with a parameter mismatch reported as a ConfigError naming ``key``."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+        if not accepts_any:
+            known = [n for n, p in signature.parameters.items() if p.kind is not p.VAR_POSITIONAL]
+            for param in params:
+                if param not in known:
+                    raise ConfigError(
+                        f"{key}.params.{param}: {cls.__name__} has no parameter {param!r}"
+                        f"{suggest(param, known)}; it takes {', '.join(known) or 'none'}"
+                    )
+        try:
+            signature.bind(**params)
+        except TypeError as exc:
+            raise ConfigError(f"{key}.params: {cls.__name__}: {exc}") from None
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}.params: {cls.__name__} rejected its parameters: {exc}") from None
+
+
+def class_name(name: str) -> str:
+    """The class name a config entry refers to (aliases resolved, import paths' last part)."""
+    if name in CALLBACKS:
+        return CALLBACKS[name].__name__
+    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
