@@ -11,6 +11,7 @@ clock read when a live bar is drawn; it reads the (device-synced) loss only when
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import callbacks.progress as _package  # for _latest_loss, see there
@@ -45,6 +46,50 @@ def _latest_loss(runtime: Runtime, prefix: str) -> str:
         return f"loss: {float(value):.4f}"
     except (TypeError, ValueError, RuntimeError):
         return ""
+
+
+_StageHook = Callable[["ProgressBarBase", Runtime], None]
+_BatchHook = Callable[["ProgressBarBase", Runtime, Any, Any, int, int], None]
+
+
+def _eval_stage_hooks(stage: str) -> tuple[_StageHook, _BatchHook, _StageHook]:
+    """The ``on_<stage>_start``, ``on_<stage>_batch_end`` and ``on_<stage>_end`` handlers of
+    one eval ``stage`` (``validation``, ``test`` or ``predict``): the one place their logic
+    lives.
+
+    The bus connects methods by their ``on_<event>`` names and checks their signatures, so
+    each stage needs its own three methods; they are made here once per stage, at class
+    creation, with the stage (and its metric prefix) bound in the closure. A method that
+    forwarded to a shared one would cost a call per batch; ``functools.partialmethod``
+    passes the bus's signature check, but its receivers have no name, so ``Bus.describe``
+    and the bus's error messages would show a partial's repr.
+    """
+    prefix = _STAGE_PREFIXES[stage]
+
+    def on_start(self: ProgressBarBase, runtime: Runtime) -> None:
+        """Open the stage's bar (``Sanity Checking`` during the sanity check)."""
+        self._eval_start(runtime, stage)
+
+    def on_batch_end(
+        self: ProgressBarBase,
+        runtime: Runtime,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        """Per batch: nothing without a live bar, else a clock read and a redraw when due."""
+        if stage in self._next_refresh:
+            self._tick(runtime, stage, prefix, batch_idx + 1)
+
+    def on_end(self: ProgressBarBase, runtime: Runtime) -> None:
+        """Close the stage's bar and print the epoch's report (not after the sanity check)."""
+        self._eval_end(runtime, stage)
+
+    for hook, event in ((on_start, "start"), (on_batch_end, "batch_end"), (on_end, "end")):
+        hook.__name__ = f"on_{stage}_{event}"
+        hook.__qualname__ = f"ProgressBarBase.{hook.__name__}"
+    return on_start, on_batch_end, on_end
 
 
 class ProgressBarBase(Callback):
@@ -166,41 +211,12 @@ class ProgressBarBase(Callback):
         if self._enabled and metrics is not None and not runtime.state.sanity_checking:
             self._print_report(build_stage_report(runtime, prefix, metrics))
 
-    def on_validation_start(self, runtime: Runtime) -> None:
-        self._eval_start(runtime, "validation")
-
-    def on_validation_batch_end(
-        self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int
-    ) -> None:
-        if "validation" in self._next_refresh:
-            self._tick(runtime, "validation", "val", batch_idx + 1)
-
-    def on_validation_end(self, runtime: Runtime) -> None:
-        self._eval_end(runtime, "validation")
-
-    def on_test_start(self, runtime: Runtime) -> None:
-        self._eval_start(runtime, "test")
-
-    def on_test_batch_end(
-        self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int
-    ) -> None:
-        if "test" in self._next_refresh:
-            self._tick(runtime, "test", "test", batch_idx + 1)
-
-    def on_test_end(self, runtime: Runtime) -> None:
-        self._eval_end(runtime, "test")
-
-    def on_predict_start(self, runtime: Runtime) -> None:
-        self._eval_start(runtime, "predict")
-
-    def on_predict_batch_end(
-        self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int
-    ) -> None:
-        if "predict" in self._next_refresh:
-            self._tick(runtime, "predict", "predict", batch_idx + 1)
-
-    def on_predict_end(self, runtime: Runtime) -> None:
-        self._eval_end(runtime, "predict")
+    # validation, test and predict: one set of handlers, made per stage (see _eval_stage_hooks)
+    on_validation_start, on_validation_batch_end, on_validation_end = _eval_stage_hooks(
+        "validation"
+    )
+    on_test_start, on_test_batch_end, on_test_end = _eval_stage_hooks("test")
+    on_predict_start, on_predict_batch_end, on_predict_end = _eval_stage_hooks("predict")
 
     def on_teardown(self, runtime: Runtime, stage: str) -> None:
         self._close_all()
