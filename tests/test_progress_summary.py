@@ -189,7 +189,7 @@ def test_live_tqdm_refresh_is_rate_limited(tmp_path: Path) -> None:
 def test_live_bars_do_not_read_metrics_between_refreshes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import callbacks.progress as progress
+    import callbacks.progress.bar as progress  # where the bars look _latest_loss up
 
     reads: list[str] = []
     original = progress._latest_loss
