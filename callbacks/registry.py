@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from runtime.config import CallbackSpec, Config, ConfigError, resolve_import, suggest
+from runtime.config import CallbackSpec, Config, ConfigError
+from runtime.names import resolve_import, suggest
 
 log = logging.getLogger("busloop.callbacks")
 

@@ -19,18 +19,15 @@ mistake raises ``ConfigError`` whose message has one ``key.path: problem`` line 
 """
 
 import copy
-import difflib
 import functools
-import importlib
 import json
 import operator
 import os
-import pkgutil
 import re
 import reprlib
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,22 +42,15 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
+from runtime.errors import ConfigError
+from runtime.names import suggest
+
 __all__ = [
     "BlobconverterConfig", "CallbackSpec", "ComponentSpec", "Config", "ConfigError",
     "ExporterConfig", "HubAIConfig", "MainMetric", "OnnxConfig", "OptimizerSpec",
     "SchedulerSpec", "TrackerConfig", "TrainerConfig", "config_to_dict", "converter",
-    "dump_config", "load_config", "resolve_import", "suggest",
+    "dump_config", "load_config",
 ]  # fmt: skip
-
-
-class ConfigError(ValueError):
-    """A mistake in a configuration; ``problems`` holds one ``key.path: problem`` line each."""
-
-    def __init__(self, problems: str | Sequence[str]) -> None:
-        self.problems: tuple[str, ...] = (
-            (problems,) if isinstance(problems, str) else tuple(problems)
-        )
-        super().__init__("\n".join(self.problems))
 
 
 class _Problem(ConfigError):
@@ -69,12 +59,6 @@ class _Problem(ConfigError):
     def __init__(self, message: str, field: str | None = None, subpath: tuple[str, ...] = ()):
         self.message, self.subpath = message, subpath
         super().__init__(f"{'.'.join((field, *subpath))}: {message}" if field else message)
-
-
-def suggest(name: str, choices: Iterable[str]) -> str:
-    """Return ``"; did you mean 'x'?"`` for the closest of ``choices`` to ``name``, else ``""``."""
-    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
-    return f"; did you mean '{matches[0]}'?" if matches else ""
 
 
 _repr = reprlib.Repr()
@@ -641,65 +625,3 @@ def dump_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     else:
         text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     target.write_text(text, encoding="utf-8")
-
-
-# --- imports named in a config ---
-
-
-def _missing_module(name: str, error: ModuleNotFoundError) -> bool:
-    """True when ``error`` says ``name`` itself (or a parent package) does not exist."""
-    return error.name is not None and (name == error.name or name.startswith(error.name + "."))
-
-
-def _module_hint(missing: str) -> str:
-    parent, _, leaf = missing.rpartition(".")
-    if not parent:
-        return ""
-    try:
-        package = importlib.import_module(parent)
-    except Exception:
-        return ""
-    names = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
-    return suggest(leaf, names + [n for n in dir(package) if not n.startswith("_")])
-
-
-def resolve_import(path: str, *, key: str) -> Any:
-    """Import ``"pkg.mod:attr"``, ``"pkg.mod:Outer.inner"`` or ``"pkg.mod.attr"``.
-
-    ``key`` is the config key path that named it; every failure raises ``ConfigError``.
-    """
-    module_name, sep, attr_path = path.partition(":") if isinstance(path, str) else ("", "", "")
-    names = module_name.split(".") + (attr_path.split(".") if sep else [])
-    if not all(names):
-        raise ConfigError(
-            f"{key}: expected an import path like 'package.module:name', got {path!r}"
-        )
-    candidates = [module_name] if sep else [
-        ".".join(module_name.split(".")[:i]) for i in range(module_name.count(".") + 1, 0, -1)
-    ]  # fmt: skip
-    missing = module_name
-    for candidate in candidates:
-        try:
-            module = importlib.import_module(candidate)
-        except ModuleNotFoundError as exc:
-            if not _missing_module(candidate, exc):
-                raise ConfigError(f"{key}: importing '{candidate}' failed: {exc}") from exc
-            missing = exc.name or candidate
-            continue
-        except Exception as exc:
-            raise ConfigError(
-                f"{key}: importing '{candidate}' failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        rest = attr_path if sep else path[len(candidate) + 1 :]
-        break
-    else:
-        raise ConfigError(
-            f"{key}: cannot import {path!r}: no module named '{missing}'{_module_hint(missing)}"
-        )
-    obj, owner = module, candidate
-    for part in rest.split(".") if rest else []:
-        if not hasattr(obj, part):
-            hint = suggest(part, [n for n in dir(obj) if not n.startswith("_")])
-            raise ConfigError(f"{key}: '{owner}' has no attribute '{part}'{hint}")
-        obj, owner = getattr(obj, part), f"{owner}.{part}"
-    return obj

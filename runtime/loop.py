@@ -34,9 +34,10 @@ from runtime.checkpoint import (
     set_rng_state,
     versions,
 )
-from runtime.config import Config, ConfigError, config_to_dict, load_config, resolve_import
+from runtime.config import Config, ConfigError, config_to_dict, load_config
 from runtime.data import batch_size_of, iterate, move_to_device, num_batches, set_sampler_epoch
 from runtime.module import ModuleBridge, step_loss
+from runtime.names import resolve_import
 from runtime.optim import (
     SchedulerConfig,
     build_optimizer,
