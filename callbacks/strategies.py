@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from runtime.config import ConfigError, resolve_import, suggest
+from runtime.config import ConfigError
+from runtime.names import resolve_import, suggest
 
 if TYPE_CHECKING:
     from runtime.loop import Runtime

@@ -52,8 +52,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from callbacks.strategies import ConfigOptimizerStrategy, build_strategy
 from runtime.callback import Callback
-from runtime.config import ConfigError, suggest
+from runtime.config import ConfigError
 from runtime.loop import Runtime
+from runtime.names import suggest
 from runtime.registry import register
 
 log = logging.getLogger("busloop.callbacks")

@@ -52,7 +52,7 @@ from typing import Any
 
 import blinker
 
-from runtime.config import suggest
+from runtime.names import suggest
 
 __all__ = [
     "EVENTS",

@@ -23,7 +23,8 @@ from typing import Any
 
 from runtime.bus import BusError, CallbackError
 from runtime.checkpoint import CheckpointError
-from runtime.config import Config, ConfigError, load_config, resolve_import
+from runtime.config import Config, ConfigError, load_config
+from runtime.names import resolve_import
 from runtime.optim import OptimizationError
 
 log = logging.getLogger("busloop")
@@ -133,7 +134,7 @@ def _parameters(fn: Any) -> set[str] | None:
 def _call(fn: Any, params: dict[str, Any], *, key: str) -> Any:
     accepted = _parameters(fn)
     if accepted is not None:
-        from runtime.config import suggest
+        from runtime.names import suggest
 
         for name in params:
             if name not in accepted:

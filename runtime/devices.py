@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from runtime import distributed as dist
-from runtime.config import ConfigError
+from runtime.errors import ConfigError
 
 __all__ = ["autocast_for", "seed_everything", "select_device"]
 

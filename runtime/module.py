@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from runtime.config import ConfigError, resolve_import
+from runtime.errors import ConfigError
+from runtime.names import resolve_import
 
 if TYPE_CHECKING:
     from runtime.core import RuntimeCore as Runtime

@@ -12,7 +12,7 @@ import attrs
 import torch
 from torch import nn
 
-from runtime.config import ConfigError
+from runtime.errors import ConfigError
 
 __all__ = [
     "OptimizationError",
@@ -60,7 +60,7 @@ def _spec_fields(spec: Any) -> tuple[str | None, dict[str, Any], dict[str, Any]]
 
 def _torch_class(module: Any, name: str, kind: str, key: str) -> Any:
     if ":" in name or "." in name:
-        from runtime.config import resolve_import
+        from runtime.names import resolve_import
 
         return resolve_import(name, key=key)
     cls = getattr(module, name, None)

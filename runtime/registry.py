@@ -15,7 +15,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from runtime.config import ConfigError, resolve_import, suggest
+from runtime.errors import ConfigError
+from runtime.names import resolve_import, suggest
 
 __all__ = ["CALLBACKS", "class_name", "instantiate", "register", "resolve_callback"]
 

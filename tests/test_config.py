@@ -18,9 +18,8 @@ from runtime.config import (
     config_to_dict,
     dump_config,
     load_config,
-    resolve_import,
-    suggest,
 )
+from runtime.names import resolve_import, suggest
 
 FULL_YAML = """\
 model: {factory: "pkg.module:build_model", params: {width: 8}}
