@@ -1,11 +1,14 @@
-"""Lightning compatibility (the layer between ``runtime`` and ``callbacks``): busloop
-re-implementations of the Lightning callbacks people use, registered by name on import,
-working with Lightning absent. The trainer facade and the stock-callback adapter land here.
+"""Lightning compatibility (the layer between ``runtime`` and ``callbacks``): the trainer
+facade and the LightningModule bridge (so a real LightningModule trains under busloop),
+and busloop re-implementations of the Lightning callbacks people use, registered by name on
+import, working with Lightning absent.
 
 >>> from compat import ModelCheckpoint, GradientAccumulationScheduler
 """
 
 from compat.gradient_accumulation import GradientAccumulationScheduler
 from compat.model_checkpoint import ModelCheckpoint
+from compat.module import LightningBridge
+from compat.trainer import TrainerFacade
 
-__all__ = ["GradientAccumulationScheduler", "ModelCheckpoint"]
+__all__ = ["GradientAccumulationScheduler", "LightningBridge", "ModelCheckpoint", "TrainerFacade"]

@@ -30,6 +30,8 @@ class ModelCheckpoint(Callback):
     writes ``last.ckpt`` after every save point.
     """
 
+    monitor_role = "checkpoint"
+
     def __init__(
         self,
         monitor: str = "val/loss",

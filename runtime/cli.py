@@ -216,7 +216,9 @@ def cmd_callbacks(ns: argparse.Namespace) -> int:
     for index, callback in enumerate(callbacks):
         order = list(bus.signals)
         events = sorted(bus.subscribe(callback), key=order.index)
-        lines.append(f"{index + 1:>2}. {type(callback).__name__}: {', '.join(events) or '(no events)'}")
+        role = getattr(callback, "monitor_role", None)
+        note = " [monitoring: runs after a LightningModule's on_train_epoch_end]" if role else ""
+        lines.append(f"{index + 1:>2}. {type(callback).__name__}: {', '.join(events) or '(no events)'}{note}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

@@ -29,7 +29,7 @@ from runtime.config import Config, ConfigError, config_to_dict, load_config
 from runtime.data import move_to_device, num_batches
 from runtime.devices import autocast_for, select_device
 from runtime.metrics import MetricStore
-from runtime.module import ModuleBridge, plain_loss, resolve_loss
+from runtime.module import bridge_for, plain_loss, resolve_loss
 from runtime.optim import SchedulerConfig, configure_optimization, step_schedulers
 from runtime.resume import ResumePoint, check_state_keys, checkpoint_of, load_weights, restore
 from runtime.state import LoopState
@@ -87,7 +87,7 @@ class RuntimeCore:
         self.training_strategy: Any = None
         """Optional object owning optimization: ``configure_optimizers(runtime)`` returns
         ``(optimizer, schedulers)``; ``update_parameters(runtime)`` runs after every backward."""
-        self._bridge = ModuleBridge(model)
+        self._bridge = bridge_for(model)
         self._train_model: nn.Module = model
         self._autocast = autocast_for(cfg.precision, self.device)
         """The mixed-precision context the steps run in; None for full precision."""

@@ -10,6 +10,7 @@ hooks first, then the module's).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +19,12 @@ from torch import nn
 
 from runtime.errors import ConfigError
 from runtime.names import resolve_import
+from runtime.registry import load_extensions
 
 if TYPE_CHECKING:
     from runtime.core import RuntimeCore as Runtime
 
-__all__ = ["MODULE_HOOKS", "ModuleBridge", "inputs_of", "plain_loss", "resolve_loss", "step_loss"]
+__all__ = ["BRIDGES", "MODULE_HOOKS", "ModuleBridge", "bridge_for", "takes_batch_idx", "inputs_of", "plain_loss", "resolve_loss", "step_loss"]
 
 #: Bus events that a Lightning-style module may implement as hooks: event -> method name.
 MODULE_HOOKS: dict[str, str] = {
@@ -43,31 +45,56 @@ MODULE_HOOKS: dict[str, str] = {
     },
 }
 
-_LIGHTNING_PACKAGES = ("lightning.", "pytorch_lightning.", "lightning_fabric.")
+#: Eval-stage batch hooks: Lightning passes ``dataloader_idx`` only with several loaders.
+_EVAL_BATCH_HOOKS = frozenset(
+    f"{stage}_batch_{when}" for stage in ("validation", "test", "predict") for when in ("start", "end")
+)
 
 
-def _defined_by_user(model: nn.Module, name: str) -> Callable[..., Any] | None:
-    """The bound method ``name`` if the model's own classes define it (not Lightning's no-op)."""
-    for cls in type(model).__mro__:
-        if name in cls.__dict__:
-            if cls.__module__.startswith(_LIGHTNING_PACKAGES) or cls is nn.Module:
-                return None
-            return getattr(model, name)  # type: ignore[no-any-return]
-    return None
+def _positional_receiver(method: Callable[..., Any], label: str, *, drop_last: bool) -> Callable[..., None]:
+    """Adapt a Lightning hook ``hook(*args)`` to a bus receiver ``fn(runtime, **payload)``;
+    ``drop_last`` leaves the payload's last value (``dataloader_idx``) out."""
+    if drop_last:
 
+        def receive(runtime: Any, **payload: Any) -> None:
+            method(*list(payload.values())[:-1])
 
-def _positional_receiver(method: Callable[..., Any], label: str) -> Callable[..., None]:
-    """Adapt a Lightning hook ``hook(*args)`` to a bus receiver ``fn(runtime, **payload)``."""
+    else:
 
-    def receive(runtime: Any, **payload: Any) -> None:
-        method(*payload.values())
+        def receive(runtime: Any, **payload: Any) -> None:
+            method(*payload.values())
 
     receive.__qualname__ = receive.__name__ = label
     return receive
 
 
+def takes_batch_idx(method: Callable[..., Any]) -> bool:
+    """Lightning's rule for steps: pass ``batch_idx`` when the signature names it, takes
+    ``*args`` or has at least two parameters."""
+    method = getattr(method, "__wrapped__", method)
+    try:
+        parameters = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return (
+        any(p.name == "batch_idx" for p in parameters)
+        or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+        or len(positional) >= 2
+    )
+
+
 class ModuleBridge:
-    """Connects a model's steps, hooks and ``log`` to a :class:`Runtime` for one run."""
+    """Connects a model's steps, hooks and ``log`` to a :class:`Runtime` for one run.
+
+    This base drives plain ``nn.Module`` s and duck-typed Lightning-style modules. Model
+    families the runtime does not know itself plug in a subclass through :data:`BRIDGES`
+    (``compat`` registers the one for real LightningModules); :func:`bridge_for` picks it.
+    """
+
+    #: Classes whose methods are defaults, not the user's: a hook counts as overridden
+    #: when the model's class resolves it to a function none of these defines.
+    hook_bases: tuple[type, ...] = (nn.Module,)
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -76,14 +103,33 @@ class ModuleBridge:
         self._patched_log = False
         self._steps: dict[str, Callable[..., Any] | None] = {}
 
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        """Whether this bridge drives ``model`` (the base drives every model)."""
+        return True
+
+    def overridden(self, name: str) -> Callable[..., Any] | None:
+        """The bound method ``name`` when the model's classes define it themselves."""
+        function = getattr(type(self.model), name, None)
+        if function is None:
+            return None
+        for base in self.hook_bases:
+            if base.__dict__.get(name) is function or getattr(base, name, None) is function:
+                return None
+        return getattr(self.model, name)  # type: ignore[no-any-return]
+
     def step(self, stage: str) -> Callable[..., Any] | None:
-        """The model's ``<stage>_step`` method, or None for a plain module (looked up once:
-        a missing attribute costs nn.Module.__getattr__ an AttributeError every batch)."""
+        """The model's ``<stage>_step`` as ``fn(batch, batch_idx)``, or None for a plain
+        module (looked up once: a missing attribute costs nn.Module.__getattr__ an
+        AttributeError every batch). A step without ``batch_idx`` gets the batch only."""
         try:
             return self._steps[stage]
         except KeyError:
             method = getattr(self.model, f"{stage}_step", None)
-            step = self._steps[stage] = method if callable(method) else None
+            step = method if callable(method) else None
+            if step is not None and not takes_batch_idx(step):
+                step = _batch_only(step)
+            self._steps[stage] = step
             return step
 
     def hooks(self) -> Iterator[tuple[str, Callable[..., None]]]:
@@ -91,25 +137,26 @@ class ModuleBridge:
         if not self.lightning_style:
             return
         for event, name in MODULE_HOOKS.items():
-            method = _defined_by_user(self.model, name)
+            method = self.overridden(name)
             if method is not None:
-                yield event, _positional_receiver(method, f"{type(self.model).__name__}.{name}")
+                label = f"{type(self.model).__name__}.{name}"
+                yield event, _positional_receiver(method, label, drop_last=event in _EVAL_BATCH_HOOKS)
 
     def attach(self, runtime: Runtime) -> None:
         """Connect the model's hooks (after the callbacks) and route its ``log`` calls."""
         for event, receiver in self.hooks():
-            runtime.bus.signal(event).connect(receiver, weak=False)
+            self.connect_hook(runtime, event, receiver)
             self._receivers.append((event, receiver))
-        has_own_log = "log" in vars(self.model) or (
-            hasattr(self.model, "log")
-            and not type(self.model).__module__.startswith(_LIGHTNING_PACKAGES)
-            and _defined_by_user(self.model, "log") is not None
-        )
+        has_own_log = "log" in vars(self.model) or self.overridden("log") is not None
         if self.lightning_style and not has_own_log:
             # An instance attribute shadows LightningModule.log for this run only.
             object.__setattr__(self.model, "log", runtime.metrics.module_log)
             object.__setattr__(self.model, "log_dict", runtime.metrics.module_log_dict)
             self._patched_log = True
+
+    def connect_hook(self, runtime: Runtime, event: str, receiver: Callable[..., None]) -> None:
+        """Connect one module hook: after every callback (Lightning calls callbacks first)."""
+        runtime.bus.signal(event).connect(receiver, weak=False)
 
     def detach(self, runtime: Runtime) -> None:
         """Undo :meth:`attach`."""
@@ -120,6 +167,27 @@ class ModuleBridge:
             for name in ("log", "log_dict"):
                 self.model.__dict__.pop(name, None)
             self._patched_log = False
+
+
+def _batch_only(step: Callable[..., Any]) -> Callable[..., Any]:
+    def call(batch: Any, batch_idx: int) -> Any:
+        return step(batch)
+
+    return call
+
+
+#: Bridges for model families the runtime does not know itself, tried in order; packages
+#: append theirs on import (``compat`` adds the LightningModule one).
+BRIDGES: list[type[ModuleBridge]] = []
+
+
+def bridge_for(model: nn.Module) -> ModuleBridge:
+    """The bridge that drives ``model``: the first registered one that accepts it, else the base."""
+    load_extensions()
+    for bridge in BRIDGES:
+        if bridge.accepts(model):
+            return bridge(model)
+    return ModuleBridge(model)
 
 
 def step_loss(output: Any) -> Any:

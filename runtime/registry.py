@@ -11,6 +11,7 @@ every floor can register into it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,7 +19,20 @@ from typing import Any, TypeVar
 from runtime.errors import ConfigError
 from runtime.names import resolve_import, suggest
 
-__all__ = ["CALLBACKS", "class_name", "instantiate", "register", "resolve_callback"]
+__all__ = [
+    "CALLBACKS",
+    "EXTENSIONS_GROUP",
+    "class_name",
+    "instantiate",
+    "load_extensions",
+    "register",
+    "resolve_callback",
+]
+
+#: The entry-point group of packages that extend the runtime on import (busloop declares
+#: ``compat`` and ``callbacks`` in it; a third-party package may add its own).
+EXTENSIONS_GROUP = "busloop.extensions"
+_loaded = False
 
 T = TypeVar("T", bound=type)
 
@@ -39,8 +53,31 @@ def register(*names: str) -> Callable[[T], T]:
     return decorate
 
 
+def load_extensions() -> None:
+    """Import every package of the ``busloop.extensions`` entry-point group, once.
+
+    They register what they bring (callbacks, model bridges) on import, so the runtime
+    finds them by name without importing a package above it. A package that fails to
+    import is reported with its entry point named.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for entry_point in importlib.metadata.entry_points(group=EXTENSIONS_GROUP):
+        try:
+            entry_point.load()
+        except Exception as exc:
+            _loaded = False
+            raise ImportError(
+                f"busloop extension {entry_point.name!r} ({entry_point.value}) failed to import: {exc}"
+            ) from exc
+
+
 def resolve_callback(name: str, *, key: str) -> type:
     """The class for a registered name or an import path; ConfigError names ``key``."""
+    if name not in CALLBACKS:
+        load_extensions()
     if name in CALLBACKS:
         return CALLBACKS[name]
     if ":" in name or "." in name:
