@@ -3,10 +3,11 @@
 >>> from runtime import Runtime, Callback
 """
 
-from runtime.bus import EVENTS, Bus, BusError, CallbackError, StopEvent
+from runtime.bus import Bus, BusError, CallbackError, StopEvent
 from runtime.callback import Callback
 from runtime.config import Config, ConfigError, load_config
 from runtime.devices import seed_everything, select_device
+from runtime.events import EVENTS
 from runtime.loop import Runtime
 from runtime.state import LoopState
 

@@ -1,7 +1,7 @@
 """The Runtime: a handwritten training loop that emits every event on the bus.
 
 Read ``fit`` and ``_train_epoch`` top to bottom: each emit is one visible line, in
-Lightning 2.6's order (the catalogue is in :mod:`runtime.bus`). Per-batch events are guarded
+Lightning 2.6's order (the catalogue is :mod:`runtime.events`). Per-batch events are guarded
 with ``if <signal>.dispatch:`` so an event nobody listens to costs one truth test.
 
 What the loop leans on lives in small modules: :mod:`runtime.metrics` (what ``log`` feeds
