@@ -217,6 +217,7 @@ class Runtime(RuntimeCore):
             self.metrics.reduce("train")
             ev.train_epoch_end.emit(self)
             self._publish_epoch_metrics("train", self.metrics.reduce("train"))
+            self.metrics.end_epoch("train")
             self._log_epoch_summary()
         if st.batch_idx >= st.num_training_batches:
             self._step_schedulers("epoch", st.epoch + 1, plateau=True)
@@ -246,8 +247,7 @@ class Runtime(RuntimeCore):
         self._train_model.train()
         ev.sanity_check_end.emit(self)
         st.sanity_checking = False
-        st.metrics.clear()  # Lightning clears callback_metrics after the sanity check
-        st.step_metrics.clear()
+        st.clear_metrics()  # Lightning clears its metrics after the sanity check
 
     def _evaluate(
         self, stage: str, fn: str, loader: Iterable[Any], limit: int | float | None
@@ -272,8 +272,8 @@ class Runtime(RuntimeCore):
         epoch_end, end = signal(f"{stage}_epoch_end"), signal(f"{stage}_end")
         prefix, metrics = STAGE_PREFIX[stage], self.metrics
 
-        start.emit(self)
         metrics.begin_stage(prefix)
+        start.emit(self)
         epoch_start.emit(self)
         with torch.no_grad():
             batches = iterate(loader)
@@ -287,6 +287,7 @@ class Runtime(RuntimeCore):
                 with self._autocast or contextlib.nullcontext():
                     outputs = self._eval_step(stage, prefix, batch, batch_idx)
                 if batch_end.dispatch: batch_end.emit(self, outputs=outputs, batch=batch, batch_idx=batch_idx, dataloader_idx=0)  # noqa: E701
+                if metrics.lightning is not None: self._log_eval_step(prefix)  # noqa: E701
         metrics.batch = None
         reduced: dict[str, float] = {}
         if stage != "predict":
@@ -298,6 +299,7 @@ class Runtime(RuntimeCore):
         else:
             epoch_end.emit(self)
         end.emit(self)
+        metrics.end_epoch(prefix)
         return reduced
 
     def _eval_step(self, stage: str, prefix: str, batch: Any, batch_idx: int) -> Any:
@@ -324,6 +326,7 @@ class Runtime(RuntimeCore):
         """Record a stage's epoch metrics in history and the tracker, then emit the event."""
         st = self.state
         st.history.append({"stage": stage, "epoch": st.epoch, "global_step": st.global_step, **metrics})
-        if self.tracker is not None and metrics:
-            self.tracker.log_metrics(metrics, step=st.global_step, epoch=st.epoch)
+        if self.tracker is not None:
+            for values, step in self.metrics.epoch_logs(stage, st.global_step):
+                self.tracker.log_metrics(values, step=step, epoch=st.epoch)
         self.bus.event.epoch_metrics.emit(self, stage=stage, metrics=metrics)
