@@ -9,6 +9,9 @@ log_dict, epoch-level hooks) and is trained by ``lightning.pytorch.Trainer`` and
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -303,3 +306,31 @@ def test_runtime_log_prog_bar_lands_in_progress_bar_metrics() -> None:
     assert seen == [0.0, 1.0, 2.0]  # the latest step value while the epoch runs
     # then the epoch's batch-size weighted mean: (0*16 + 1*16 + 2*8) / 40
     assert rt.state.progress_bar_metrics == {"train/accuracy": pytest.approx(0.8)}
+
+
+@pytest.mark.slow
+def test_sync_dist_reduces_across_two_torchrun_ranks(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(repo / "tests" / "scripts" / "ddp_log.py"), str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    losses = [[loss for loss, _ in r["losses"]] for r in ranks]
+    everything = [pair for r in ranks for pair in r["losses"]]
+    weighted_mean = sum(loss * size for loss, size in everything) / sum(size for _, size in everything)
+    for saved in ranks:
+        metrics = saved["metrics"]
+        assert metrics["mean_sync"] == pytest.approx(weighted_mean, rel=1e-6)
+        assert metrics["max_sync"] == pytest.approx(max(losses[0] + losses[1]), rel=1e-6)
+        assert metrics["sum_sync"] == 6.0  # 3 batches on each rank
+        local = saved["losses"]
+        local_mean = sum(loss * size for loss, size in local) / sum(size for _, size in local)
+        assert metrics["mean_local"] == pytest.approx(local_mean, rel=1e-6)  # no sync_dist: this rank's
+        assert metrics["rank_zero"] == pytest.approx(local_mean, rel=1e-6)  # rank_zero_only: never synced
+        # a step value with sync_dist is the mean over ranks of that step's values
+        assert saved["logged"]["step_sync"] == pytest.approx((losses[0][-1] + losses[1][-1]) / 2, rel=1e-6)
+    assert ranks[0]["metrics"]["mean_local"] != pytest.approx(ranks[1]["metrics"]["mean_local"])
