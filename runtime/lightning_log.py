@@ -313,6 +313,11 @@ class LightningLog:
                 logged[f"{result.name}_epoch" if result.forked else result.name] = value
         return logged
 
+    def logged(self, prefix: str, name: str) -> bool:
+        """Whether ``name`` was logged in ``prefix``'s current epoch (in a batch or a hook)."""
+        results = self._results.get(prefix, {})
+        return (True, name) in results or (False, name) in results
+
     def step_log(self, prefix: str) -> dict[str, float]:
         """The step values Lightning's logger gets for ``prefix`` now (the latest of each name)."""
         return dict(self._step_logs.get(prefix, {}))

@@ -74,6 +74,7 @@ class Runtime(RuntimeCore):
             if val_loader is not None and cfg.num_sanity_val_steps != 0 and st.num_val_batches:
                 self._sanity_check(val_loader)
 
+            self.metrics.begin_stage("train")  # on_train_start logs go to the train results
             ev.train_start.emit(self)
             while st.epoch < st.max_epochs and not st.should_stop and not self._max_steps_reached():
                 self._train_epoch(train_loader, val_loader)
@@ -311,7 +312,7 @@ class Runtime(RuntimeCore):
         if step is not None:
             output = step(batch, batch_idx)
             loss_key = f"{prefix}/loss"
-            if loss_key not in self.metrics.active:
+            if not self.metrics.logged(loss_key):
                 loss = step_loss(output)
                 if isinstance(loss, torch.Tensor):
                     self.metrics.record(loss_key, loss.detach(), None)

@@ -116,6 +116,10 @@ class MetricStore:
         for name, value in dictionary.items():
             self.module_log(name, value, **kwargs)
 
+    def logged(self, name: str) -> bool:
+        """Whether ``name`` was logged in the current stage's epoch (by ``log`` or ``self.log``)."""
+        return name in self.active or (self.lightning is not None and self.lightning.logged(self.prefix, name))
+
     def record(self, name: str, value: Any, batch_size: int | None) -> None:
         """Keep ``value`` under ``name`` for this epoch's reduction (the per-step path)."""
         if isinstance(value, torch.Tensor) and value.requires_grad:

@@ -334,3 +334,48 @@ def test_sync_dist_reduces_across_two_torchrun_ranks(tmp_path: Path) -> None:
         # a step value with sync_dist is the mean over ranks of that step's values
         assert saved["logged"]["step_sync"] == pytest.approx((losses[0][-1] + losses[1][-1]) / 2, rel=1e-6)
     assert ranks[0]["metrics"]["mean_local"] != pytest.approx(ranks[1]["metrics"]["mean_local"])
+
+
+class LogsLossAndTrainStart(pl.LightningModule):
+    """Logs ``val/loss`` itself (busloop must not add its own) and a value in on_train_start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(8, 2)
+
+    def on_train_start(self) -> None:
+        self.log("at_train_start", 3.0)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+        self.log("train/loss", loss, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+        self.log("val/loss", loss, on_step=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_module_logged_val_loss_and_on_train_start_log_like_lightning() -> None:
+    torch.manual_seed(0)
+    module = LogsLossAndTrainStart()
+    logger = CapturingLogger()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = _trainer(logger, max_epochs=2, num_sanity_val_steps=1)
+        trainer.fit(copy.deepcopy(module), *_loaders())
+    tracker = CapturingTracker()
+    config = {"trainer": {"accelerator": "cpu", "epochs": 2, "num_sanity_val_steps": 1, "log_every_n_steps": 1}}
+    rt = Runtime(copy.deepcopy(module), [], config, tracker=tracker)
+    rt.fit(*_loaders())
+
+    _assert_same_calls(tracker.calls, logger.calls)
+    assert rt.state.metrics == pytest.approx(_floats(trainer.callback_metrics), abs=1e-6)
+    assert rt.state.logged_metrics == pytest.approx(_floats(trainer.logged_metrics), abs=1e-6)
+    train_epoch_ends = [metrics for _, metrics, _ in logger.calls if "train/loss_epoch" in metrics]
+    # logged with the first train epoch's values, then reset with them
+    assert "at_train_start" in train_epoch_ends[0] and "at_train_start" not in train_epoch_ends[1]
