@@ -111,7 +111,7 @@ class RuntimeCore:
         ``test/``). Tensors stay on their device until the epoch ends (no sync per step), so
         do not log a tensor you later modify in place (parameters are copied; buffers are not).
         """
-        self.metrics.log(name, value, batch_size)
+        self.metrics.log(name, value, batch_size, prog_bar)
 
     def request_stop(self, reason: str) -> None:
         """Stop training after the current batch (validation still runs if it is due)."""
@@ -160,13 +160,21 @@ class RuntimeCore:
 
     def _log_step_metrics(self) -> None:
         """Send the latest per-step train values to the tracker (once per logged step)."""
-        self._logged_step = self.state.global_step
-        step_values = {
-            f"{k}_step": float(v) for k, v in self.state.step_metrics.items()
-            if k.startswith("train") or "/" not in k
-        }
-        if step_values and self.tracker is not None:
-            self.tracker.log_metrics(step_values, step=self.state.global_step, epoch=self.state.epoch)
+        st = self.state
+        self._logged_step = st.global_step
+        if self.tracker is not None:
+            for values, step in self.metrics.step_logs(st.global_step):
+                self.tracker.log_metrics(values, step=step, epoch=st.epoch)
+
+    def _log_eval_step(self, prefix: str) -> None:
+        """After an eval batch: a LightningModule's step values to the tracker, as Lightning
+        logs them (every batch, at the run's eval batch count, never while sanity checking)."""
+        lightning = self.metrics.lightning
+        if lightning is None or self.state.sanity_checking:
+            return
+        step, values = lightning.next_eval_step(prefix), lightning.step_log(prefix)
+        if values and self.tracker is not None:
+            self.tracker.log_metrics(values, step=step)
 
     def _log_epoch_summary(self) -> None:
         st = self.state

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = [
+    "all_reduce",
     "all_reduce_sum",
     "barrier",
     "broadcast_object",
@@ -138,6 +139,18 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if not is_available_and_initialized() or dist.get_world_size() == 1:
         return t
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+_REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum", group: Any = None) -> torch.Tensor:
+    """Reduce ``t`` over the ranks of ``group`` (all ranks by default) with ``op`` ("sum",
+    "max" or "min"), in place, and return it; unchanged without a process group."""
+    if not is_available_and_initialized() or dist.get_world_size() == 1:
+        return t
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, _REDUCE_OPS[op]), group=group)
     return t
 
 

@@ -74,6 +74,7 @@ class Runtime(RuntimeCore):
             if val_loader is not None and cfg.num_sanity_val_steps != 0 and st.num_val_batches:
                 self._sanity_check(val_loader)
 
+            self.metrics.begin_stage("train")  # on_train_start logs go to the train results
             ev.train_start.emit(self)
             while st.epoch < st.max_epochs and not st.should_stop and not self._max_steps_reached():
                 self._train_epoch(train_loader, val_loader)
@@ -217,6 +218,7 @@ class Runtime(RuntimeCore):
             self.metrics.reduce("train")
             ev.train_epoch_end.emit(self)
             self._publish_epoch_metrics("train", self.metrics.reduce("train"))
+            self.metrics.end_epoch("train")
             self._log_epoch_summary()
         if st.batch_idx >= st.num_training_batches:
             self._step_schedulers("epoch", st.epoch + 1, plateau=True)
@@ -246,8 +248,7 @@ class Runtime(RuntimeCore):
         self._train_model.train()
         ev.sanity_check_end.emit(self)
         st.sanity_checking = False
-        st.metrics.clear()  # Lightning clears callback_metrics after the sanity check
-        st.step_metrics.clear()
+        st.clear_metrics()  # Lightning clears its metrics after the sanity check
 
     def _evaluate(
         self, stage: str, fn: str, loader: Iterable[Any], limit: int | float | None
@@ -272,8 +273,8 @@ class Runtime(RuntimeCore):
         epoch_end, end = signal(f"{stage}_epoch_end"), signal(f"{stage}_end")
         prefix, metrics = STAGE_PREFIX[stage], self.metrics
 
-        start.emit(self)
         metrics.begin_stage(prefix)
+        start.emit(self)
         epoch_start.emit(self)
         with torch.no_grad():
             batches = iterate(loader)
@@ -287,6 +288,7 @@ class Runtime(RuntimeCore):
                 with self._autocast or contextlib.nullcontext():
                     outputs = self._eval_step(stage, prefix, batch, batch_idx)
                 if batch_end.dispatch: batch_end.emit(self, outputs=outputs, batch=batch, batch_idx=batch_idx, dataloader_idx=0)  # noqa: E701
+                if metrics.lightning is not None: self._log_eval_step(prefix)  # noqa: E701
         metrics.batch = None
         reduced: dict[str, float] = {}
         if stage != "predict":
@@ -298,6 +300,7 @@ class Runtime(RuntimeCore):
         else:
             epoch_end.emit(self)
         end.emit(self)
+        metrics.end_epoch(prefix)
         return reduced
 
     def _eval_step(self, stage: str, prefix: str, batch: Any, batch_idx: int) -> Any:
@@ -309,7 +312,7 @@ class Runtime(RuntimeCore):
         if step is not None:
             output = step(batch, batch_idx)
             loss_key = f"{prefix}/loss"
-            if loss_key not in self.metrics.active:
+            if not self.metrics.logged(loss_key):
                 loss = step_loss(output)
                 if isinstance(loss, torch.Tensor):
                     self.metrics.record(loss_key, loss.detach(), None)
@@ -324,6 +327,7 @@ class Runtime(RuntimeCore):
         """Record a stage's epoch metrics in history and the tracker, then emit the event."""
         st = self.state
         st.history.append({"stage": stage, "epoch": st.epoch, "global_step": st.global_step, **metrics})
-        if self.tracker is not None and metrics:
-            self.tracker.log_metrics(metrics, step=st.global_step, epoch=st.epoch)
+        if self.tracker is not None:
+            for values, step in self.metrics.epoch_logs(stage, st.global_step):
+                self.tracker.log_metrics(values, step=step, epoch=st.epoch)
         self.bus.event.epoch_metrics.emit(self, stage=stage, metrics=metrics)

@@ -1,9 +1,12 @@
 """The metric store behind ``Runtime.log`` and a LightningModule's ``self.log``.
 
-Values are kept per stage prefix (``train``, ``val``, ``test``, ``predict``) as they are
-logged (tensors stay on their device: no sync per step) and reduced once per epoch into
-batch-size-weighted means, summed across ranks under DDP in one collective. The latest
-value of each name is mirrored in ``state.step_metrics`` for progress bars.
+``Runtime.log`` values (and the loss a plain module records) are kept per stage prefix
+(``train``, ``val``, ``test``, ``predict``) as they are logged (tensors stay on their device:
+no sync per step) and reduced once per epoch into batch-size-weighted means, summed across
+ranks under DDP in one collective. The latest value of each name is mirrored in
+``state.step_metrics`` for progress bars. A LightningModule's ``self.log`` goes through
+:meth:`MetricStore.module_log` to :class:`runtime.lightning_log.LightningLog`, created on its
+first call, so a plain module's per-step path pays nothing for Lightning's semantics.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from runtime import distributed as dist
 from runtime.data import batch_size_of
+from runtime.lightning_log import LightningLog
 from runtime.state import LoopState
 
 __all__ = ["STAGE_PREFIX", "MetricStore"]
@@ -44,22 +48,37 @@ class MetricStore:
         """The logs of the current stage, by name."""
         self._logs: dict[str, dict[str, _Log]] = {}
         self._epoch_metrics: dict[str, dict[str, float]] = {}
+        self._prog_bar: set[str] = set()
+        """``Runtime.log`` names logged with ``prog_bar=True``."""
+        self.lightning: LightningLog | None = None
+        """A LightningModule's ``self.log`` results; created by the first :meth:`module_log`."""
 
     def clear(self) -> None:
         """Forget everything logged (the start of a public run)."""
         self._epoch_metrics.clear()
         self._logs.clear()
+        if self.lightning is not None:
+            self.lightning.clear()
 
     def begin_stage(self, prefix: str) -> None:
-        """Route the next logs to the ``prefix`` stage."""
+        """Route the next logs to the ``prefix`` stage, outside any batch (the loop sets
+        :attr:`batch` per batch; whether one is set tells ``self.log`` its defaults)."""
         self.prefix = prefix
         self.active = self._logs.setdefault(prefix, {})
+        self.batch = None
 
-    def log(self, name: str, value: Any, batch_size: int | None = None) -> None:
-        """``Runtime.log``: a name without ``/`` gets the current stage's prefix."""
+    def log(self, name: str, value: Any, batch_size: int | None = None, prog_bar: bool = False) -> None:
+        """``Runtime.log``: a name without ``/`` gets the current stage's prefix.
+
+        ``prog_bar=True`` also puts the value in ``state.progress_bar_metrics`` (the latest
+        step value, then the epoch mean when the epoch is reduced).
+        """
         if "/" not in name:
             name = f"{self.prefix}/{name}"
         self.record(name, value, batch_size)
+        if prog_bar:
+            self._prog_bar.add(name)
+            self.state.progress_bar_metrics[name] = float(value)
 
     def module_log(
         self,
@@ -78,13 +97,28 @@ class MetricStore:
         metric_attribute: str | None = None,
         rank_zero_only: bool = False,
     ) -> None:
-        """``LightningModule.log`` while the runtime drives the module: names kept as given."""
-        self.record(name, value, batch_size)
+        """``LightningModule.log`` while the runtime drives the module, with Lightning's
+        semantics (:mod:`runtime.lightning_log`); names are kept as given."""
+        lightning = self.lightning
+        if lightning is None:
+            lightning = self.lightning = LightningLog(self)
+        lightning.log(
+            name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+            reduce_fx=reduce_fx, enable_graph=enable_graph, sync_dist=sync_dist,
+            sync_dist_group=sync_dist_group, add_dataloader_idx=add_dataloader_idx,
+            batch_size=batch_size, metric_attribute=metric_attribute, rank_zero_only=rank_zero_only,
+        )
 
     def module_log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
-        """``LightningModule.log_dict`` counterpart of :meth:`module_log`."""
+        """``LightningModule.log_dict`` counterpart of :meth:`module_log` (same options for all)."""
+        if "metric_attribute" in kwargs:
+            raise TypeError("log_dict() got an unexpected keyword argument 'metric_attribute'")
         for name, value in dictionary.items():
             self.module_log(name, value, **kwargs)
+
+    def logged(self, name: str) -> bool:
+        """Whether ``name`` was logged in the current stage's epoch (by ``log`` or ``self.log``)."""
+        return name in self.active or (self.lightning is not None and self.lightning.logged(self.prefix, name))
 
     def record(self, name: str, value: Any, batch_size: int | None) -> None:
         """Keep ``value`` under ``name`` for this epoch's reduction (the per-step path)."""
@@ -105,7 +139,8 @@ class MetricStore:
     def reduce(self, prefix: str) -> dict[str, float]:
         """Batch-size-weighted means of this stage's logs (one sync, summed across ranks).
 
-        Merges into ``state.metrics`` and returns this stage's metrics. Values logged
+        Merges into ``state.metrics`` and returns this stage's metrics, with the epoch values
+        of a LightningModule's ``self.log`` under their callback_metrics names. Values logged
         again after a reduction (e.g. in ``*_epoch_end``) are folded into the same epoch.
         """
         logs = self._logs.get(prefix)
@@ -113,13 +148,57 @@ class MetricStore:
             names = list(logs)
             sums = torch.stack([_weighted_sum(*logs[n]) for n in names])
             counts = torch.tensor([float(sum(logs[n][1])) for n in names], dtype=torch.float64)
-            totals = dist.all_reduce_sum(torch.cat([sums.cpu(), counts]).to(self._reduce_device()))
+            totals = dist.all_reduce_sum(torch.cat([sums.cpu(), counts]).to(self.reduce_device()))
             values = (totals[: len(names)] / totals[len(names) :]).tolist()
             reduced = dict(zip(names, values, strict=True))
             self._epoch_metrics.setdefault(prefix, {}).update(reduced)
             self.state.metrics.update(reduced)
+            for name in self._prog_bar.intersection(reduced):
+                self.state.progress_bar_metrics[name] = reduced[name]
             logs.clear()
-        return dict(self._epoch_metrics.get(prefix, {}))
+        metrics = dict(self._epoch_metrics.get(prefix, {}))
+        if self.lightning is not None:
+            metrics.update(self.lightning.reduce(prefix))
+        return metrics
+
+    def end_epoch(self, prefix: str) -> None:
+        """The loop finished ``prefix``'s epoch: ``self.log`` results start afresh (Lightning
+        resets its results, and the torchmetrics objects logged, at this point)."""
+        if self.lightning is not None:
+            self.lightning.end_epoch(prefix)
+
+    def step_logs(self, step: int) -> list[tuple[dict[str, float], int]]:
+        """What the tracker gets on a logged training step: ``(metrics, step)`` pairs.
+
+        ``Runtime.log`` train values as ``<name>_step`` at ``step`` (the global step); a
+        LightningModule's step values under Lightning's names at Lightning's step (the
+        batches that stepped before this one: ``step - 1``).
+        """
+        lightning_names = self.lightning.step_names if self.lightning is not None else ()
+        native = {
+            f"{k}_step": float(v) for k, v in self.state.step_metrics.items()
+            if (k.startswith("train") or "/" not in k) and k not in lightning_names
+        }
+        calls = [(native, step)] if native else []
+        if self.lightning is not None:
+            logged = self.lightning.step_log("train")
+            if logged:
+                calls.append((logged, max(step - 1, 0)))
+        return calls
+
+    def epoch_logs(self, prefix: str, step: int) -> list[tuple[dict[str, float], int]]:
+        """What the tracker gets at the end of ``prefix``'s epoch: ``(metrics, step)`` pairs.
+
+        ``Runtime.log`` epoch means at ``step``; a LightningModule's logger=True epoch values
+        at Lightning's step (``step - 1`` during fit, where the epoch ends after a batch).
+        """
+        native = dict(self._epoch_metrics.get(prefix, {}))
+        calls = [(native, step)] if native else []
+        if self.lightning is not None:
+            logged = self.lightning.epoch_log(prefix)
+            if logged:
+                calls.append((logged, max(step - 1, 0) if self.state.stage == "fit" else step))
+        return calls
 
     def pending(self, prefix: str) -> dict[str, Any]:
         """The not yet reduced logs of ``prefix``, weights_only-safe (for a checkpoint)."""
@@ -137,7 +216,8 @@ class MetricStore:
             name: (list(entry["values"]), list(entry["sizes"])) for name, entry in saved.items()
         }
 
-    def _reduce_device(self) -> torch.device:
+    def reduce_device(self) -> torch.device:
+        """Where a collective over logged values runs (this rank's GPU under NCCL, else the CPU)."""
         if dist.is_available_and_initialized() and self.device.type == "cuda":
             return self.device
         return torch.device("cpu")

@@ -38,10 +38,22 @@ class LoopState:
     num_sanity_val_batches: int = 0
     metrics: dict[str, float] = attrs.field(factory=dict)
     """Epoch-reduced metrics: ``train/...``, ``val/...``, ``test/...`` (callback_metrics)."""
+    logged_metrics: dict[str, float] = attrs.field(factory=dict)
+    """What a logger got from ``self.log`` (Lightning's ``trainer.logged_metrics``): step values
+    under ``name`` / ``name_step``, epoch values under ``name`` / ``name_epoch``."""
+    progress_bar_metrics: dict[str, float] = attrs.field(factory=dict)
+    """Values logged with ``prog_bar=True`` (Lightning's ``trainer.progress_bar_metrics``)."""
     step_metrics: dict[str, Any] = attrs.field(factory=dict)
     """The latest per-step values logged in this epoch (tensors; for progress bars)."""
     history: list[dict[str, Any]] = attrs.field(factory=list)
     """One entry per epoch-metrics reduction: {"stage", "epoch", "global_step", metrics...}."""
+
+    def clear_metrics(self) -> None:
+        """Forget every logged value (Lightning does this after the sanity check)."""
+        self.metrics.clear()
+        self.logged_metrics.clear()
+        self.progress_bar_metrics.clear()
+        self.step_metrics.clear()
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop after the current batch; the first reason is kept."""
