@@ -117,6 +117,10 @@ def safe_extract(archive: Path, dest: Path) -> list[Path]:
             try:
                 if through is not None:  # a path through a link member can lead anywhere
                     raise tarfile.FilterError(f"its path goes through the link {str(through)!r}")
+                if _absolute(member.name):  # data_filter would strip the "/"; refuse instead
+                    raise tarfile.AbsolutePathError(member)
+                if (member.issym() or member.islnk()) and _absolute(member.linkname):
+                    raise tarfile.AbsoluteLinkError(member)
                 tarfile.data_filter(member, root)
             except tarfile.FilterError as exc:
                 raise ArchiveError(
@@ -127,6 +131,10 @@ def safe_extract(archive: Path, dest: Path) -> list[Path]:
                 links.add(name)
         tar.extractall(root, filter="data")
     return [dest / member.name for member in members]
+
+
+def _absolute(name: str) -> bool:
+    return name.startswith(("/", "\\")) or os.path.isabs(name) or (len(name) > 1 and name[1] == ":")
 
 
 def _why(exc: tarfile.FilterError) -> str:
