@@ -262,6 +262,8 @@ def _export(rt: Any) -> Any:
     except ExportError as exc:
         sys.stderr.write(f"busloop: export failed: {exc}\n")
         return None
+    if result is None:  # only when asked to load a best checkpoint, which this is not
+        return None
     if not result.passed:
         sys.stderr.write(
             f"busloop: export failed verification: onnxruntime differs from PyTorch by up to "
