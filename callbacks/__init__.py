@@ -4,9 +4,13 @@ one by name in :mod:`runtime.registry`; :func:`build_callbacks` gives a config r
 >>> from callbacks import EMACallback, ModelCheckpoint, CALLBACKS
 """
 
+from callbacks.archive import ArchiveOnTrainEnd
+from callbacks.convert import ConvertOnTrainEnd
 from callbacks.defaults import build_callbacks
 from callbacks.ema import EMACallback
+from callbacks.export import ExportOnTrainEnd
 from callbacks.fail_on_no_batches import FailOnNoTrainBatches
+from callbacks.gradcam import GradCamCallback
 from callbacks.interrupt import GracefulInterruptCallback
 from callbacks.metadata import MetadataLogger
 from callbacks.progress import LuxonisRichProgressBar, LuxonisTQDMProgressBar
@@ -21,9 +25,13 @@ from runtime.registry import CALLBACKS, register, resolve_callback
 
 __all__ = [
     "CALLBACKS",
+    "ArchiveOnTrainEnd",
+    "ConvertOnTrainEnd",
     "EMACallback",
+    "ExportOnTrainEnd",
     "FailOnNoTrainBatches",
     "GracefulInterruptCallback",
+    "GradCamCallback",
     "GradientAccumulationScheduler",
     "LuxonisModelSummary",
     "LuxonisRichProgressBar",

@@ -26,8 +26,9 @@ log = logging.getLogger("busloop.callbacks")
 __all__ = ["AUTO_POPULATED", "build_callbacks", "default_callbacks"]
 
 #: Callbacks that smart_cfg_auto_populate appends unless already listed (in this order).
-#: ConvertOnTrainEnd joins them once the export/archive/conversion callbacks are built.
-AUTO_POPULATED = ("UploadCheckpoint", "TestOnTrainEnd")
+AUTO_POPULATED = ("UploadCheckpoint", "TestOnTrainEnd", "ConvertOnTrainEnd")
+#: What an active ConvertOnTrainEnd does itself, so their own entries are switched off.
+CONVERT_DOES = ("ExportOnTrainEnd", "ArchiveOnTrainEnd")
 
 
 def default_callbacks(config: Config) -> list[tuple[str, object]]:
@@ -74,8 +75,11 @@ def build_callbacks(config: Config) -> list[object]:
     2. The user's callbacks in config order, EMACallback moved to the front of them.
     3. GradientAccumulationScheduler ``{0: accumulate_grad_batches}`` when that is set and
        no GradientAccumulationScheduler is listed.
-    4. With ``smart_cfg_auto_populate``: UploadCheckpoint and TestOnTrainEnd, each unless
-       listed, each logged as "Added X callback".
+    4. With ``smart_cfg_auto_populate``: UploadCheckpoint, TestOnTrainEnd and
+       ConvertOnTrainEnd, each unless listed, each logged as "Added X callback".
+
+    When ConvertOnTrainEnd is active (listed or added), active ExportOnTrainEnd and
+    ArchiveOnTrainEnd entries are switched off with a warning: Convert exports and archives.
     """
     trainer = config.trainer
     listed = {class_name(entry.name) for entry in trainer.callbacks}
@@ -84,7 +88,7 @@ def build_callbacks(config: Config) -> list[object]:
         for name, callback in default_callbacks(config)
         if name == "ModelCheckpoint" or name not in listed
     ]
-    callbacks += _build_entries(trainer.callbacks)
+    callbacks += _build_entries(_without_convert_duplicates(config))
     if trainer.accumulate_grad_batches and "GradientAccumulationScheduler" not in listed:
         callbacks.append(GradientAccumulationScheduler({0: trainer.accumulate_grad_batches}))
     if trainer.smart_cfg_auto_populate:
@@ -93,6 +97,22 @@ def build_callbacks(config: Config) -> list[object]:
                 callbacks.append(instantiate(resolve_callback(name, key=name), {}, key=name))
                 log.info("Added %s callback", name)
     return callbacks
+
+
+def _without_convert_duplicates(config: Config) -> list[CallbackSpec]:
+    """The callback entries, minus active Export/Archive ones when Convert is active."""
+    entries = list(config.trainer.callbacks)
+    names = [class_name(entry.name) for entry in entries]
+    convert = [e for e, n in zip(entries, names, strict=True) if n == "ConvertOnTrainEnd"]
+    if not any(e.active for e in convert) and (convert or not config.trainer.smart_cfg_auto_populate):
+        return entries
+    kept = []
+    for entry, name in zip(entries, names, strict=True):
+        if name in CONVERT_DOES and entry.active:
+            log.warning("ConvertOnTrainEnd is active: switching off %s (Convert does it)", name)
+            continue
+        kept.append(entry)
+    return kept
 
 
 def _build_entries(entries: Sequence[CallbackSpec]) -> list[object]:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+from callbacks.best_checkpoint import (
+    CHECKPOINT_KINDS,
+    check_preferred,
+    checkpoint_callbacks,
+    load_best_weights,
+)
 from runtime.callback import Callback
-from runtime.checkpoint import CheckpointError, load_checkpoint
 from runtime.loop import Runtime
 from runtime.registry import register
 
@@ -29,39 +32,7 @@ log = logging.getLogger("busloop.callbacks")
 
 __all__ = ["CHECKPOINT_KINDS", "TestOnTrainEnd", "checkpoint_callbacks"]
 
-#: The checkpoint kinds, and the subdir the default ModelCheckpoint of each kind uses.
-CHECKPOINT_KINDS: dict[str, str] = {"metric": "best_val_metric", "loss": "min_val_loss"}
 VIEWS = ("train", "val", "test")
-LOSS_MONITOR = "val/loss"
-
-
-def _is_checkpoint_callback(callback: object) -> bool:
-    return hasattr(callback, "best_model_path") and hasattr(callback, "monitor")
-
-
-def _kind_of(callback: object, main_metric: str | None) -> str | None:
-    """The kind ("metric", "loss") of a ModelCheckpoint-like callback, or None."""
-    subdir = getattr(callback, "subdir", None)
-    for kind, kind_subdir in CHECKPOINT_KINDS.items():
-        if subdir == kind_subdir:
-            return kind
-    monitor = getattr(callback, "monitor", None)
-    if main_metric is not None and monitor == main_metric:
-        return "metric"
-    if monitor == LOSS_MONITOR:
-        return "loss"
-    return None
-
-
-def checkpoint_callbacks(runtime: Runtime) -> Iterator[tuple[str, Any]]:
-    """``(kind, callback)`` for each ModelCheckpoint-like callback of a known kind."""
-    main = runtime.config.trainer.main_metric
-    main_name = main.name if main is not None else None
-    for callback in runtime.callbacks:
-        if _is_checkpoint_callback(callback):
-            kind = _kind_of(callback, main_name)
-            if kind is not None:
-                yield kind, callback
 
 
 @register()
@@ -80,12 +51,8 @@ class TestOnTrainEnd(Callback):
     def __init__(self, view: str = "test", preferred_checkpoint: str = "metric") -> None:
         if view not in VIEWS:
             raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
-        if preferred_checkpoint not in CHECKPOINT_KINDS:
-            raise ValueError(
-                f"preferred_checkpoint must be 'metric' or 'loss', got {preferred_checkpoint!r}"
-            )
         self.view = view
-        self.preferred_checkpoint = preferred_checkpoint
+        self.preferred_checkpoint = check_preferred(preferred_checkpoint)
         self.metrics: dict[str, float] | None = None
         self.checkpoint_path: str | None = None
 
@@ -107,71 +74,24 @@ class TestOnTrainEnd(Callback):
             return
 
         callbacks = list(checkpoint_callbacks(runtime))
-        self.checkpoint_path = self._load_best(runtime, callbacks)
+        self.checkpoint_path, problems = load_best_weights(
+            runtime, self.preferred_checkpoint, "TestOnTrainEnd"
+        )
+        if self.checkpoint_path is None:
+            log.warning(
+                "TestOnTrainEnd: no best checkpoint to test (%s); testing the current weights. "
+                "Keep a ModelCheckpoint on val/loss or on trainer.main_metric to test the best "
+                "weights.",
+                "; ".join(problems),
+            )
+        else:
+            log.info("TestOnTrainEnd: testing the '%s' loader", self.view)
         saved = [(cb, _snapshot(cb)) for _, cb in callbacks]
         try:
             self.metrics = runtime.test(loader)
         finally:
             for callback, before in saved:
                 _restore_if_changed(callback, before)
-
-    # ------------------------------------------------------------------ choosing weights
-    def _load_best(self, runtime: Runtime, callbacks: list[tuple[str, Any]]) -> str | None:
-        """Load the preferred, else the other, best checkpoint; return its path (or None)."""
-        order = [
-            self.preferred_checkpoint,
-            *(k for k in CHECKPOINT_KINDS if k != self.preferred_checkpoint),
-        ]
-        problems: list[str] = []
-        for index, kind in enumerate(order):
-            path, problem = self._best_path(kind, callbacks)
-            if path is not None:
-                try:
-                    checkpoint = load_checkpoint(path, map_location=runtime.device)
-                    runtime.model.load_state_dict(checkpoint["state_dict"])
-                except (CheckpointError, KeyError, RuntimeError) as exc:
-                    problem = f"cannot load {path}: {exc}"
-                else:
-                    log.info(
-                        "TestOnTrainEnd: testing the '%s' loader with the best %s checkpoint %s",
-                        self.view,
-                        kind,
-                        path,
-                    )
-                    return path
-            problems.append(f"{kind}: {problem}")
-            if index + 1 < len(order):
-                log.error(
-                    "TestOnTrainEnd: no usable best %s checkpoint (%s); trying the %s checkpoint",
-                    kind,
-                    problem,
-                    order[index + 1],
-                )
-        log.warning(
-            "TestOnTrainEnd: no best checkpoint to test (%s); testing the current weights. "
-            "Keep a ModelCheckpoint on val/loss or on trainer.main_metric to test the best "
-            "weights.",
-            "; ".join(problems),
-        )
-        return None
-
-    @staticmethod
-    def _best_path(kind: str, callbacks: list[tuple[str, Any]]) -> tuple[str | None, str]:
-        """The first existing best file among ``kind``'s callbacks, or why there is none."""
-        of_kind = [cb for k, cb in callbacks if k == kind]
-        if not of_kind:
-            what = "trainer.main_metric" if kind == "metric" else f"monitor '{LOSS_MONITOR}'"
-            return None, f"no ModelCheckpoint for it (configure one with {what})"
-        reasons: list[str] = []
-        for callback in of_kind:
-            path = getattr(callback, "best_model_path", "") or ""
-            if not path:
-                reasons.append(f"ModelCheckpoint(monitor={callback.monitor!r}) saved no checkpoint")
-            elif not Path(path).is_file():
-                reasons.append(f"{path} does not exist")
-            else:
-                return str(path), ""
-        return None, "; ".join(reasons)
 
 
 # ---------------------------------------------------------------------- checkpoint state

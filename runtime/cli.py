@@ -1,4 +1,4 @@
-"""``busloop`` command line: train, test, list callbacks, benchmark.
+"""``busloop`` command line: train, test, export, archive, list callbacks, benchmark.
 
 The composition root: the one module that wires busloop's packages together. The layers
 import one way, ``runtime`` <- ``compat`` (the Lightning layer) <- ``callbacks`` (the luxonis
@@ -29,6 +29,15 @@ from runtime.optim import OptimizationError
 
 log = logging.getLogger("busloop")
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS, plus a bad archive's error when the archive code was loaded (lazily)."""
+    errors: tuple[type[BaseException], ...] = USER_ERRORS
+    archive = sys.modules.get("callbacks.archive.tarball")
+    if archive is not None:
+        errors += (archive.ArchiveError,)
+    return errors
+
+
 USER_ERRORS = (ConfigError, BusError, CheckpointError, OptimizationError)
 
 
@@ -48,13 +57,28 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("--weights", metavar="CKPT", required=True, help="checkpoint to load")
     test.add_argument("--view", choices=("train", "val", "test"), default="test")
 
+    export = commands.add_parser("export", help="export a checkpoint to ONNX, verified by onnxruntime")
+    export.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]")
+    export.add_argument("--weights", metavar="CKPT", required=True, help="checkpoint to export")
+
+    archive = commands.add_parser("archive", help="NN Archive: create, inspect, extract")
+    actions = archive.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="export a checkpoint and pack its NN Archive")
+    create.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]")
+    create.add_argument("--weights", metavar="CKPT", required=True, help="checkpoint to archive")
+    inspect_ = actions.add_parser("inspect", help="print an archive's config.json (validated)")
+    inspect_.add_argument("archive", metavar="ARCHIVE")
+    extract = actions.add_parser("extract", help="extract safely (never outside DIR)")
+    extract.add_argument("archive", metavar="ARCHIVE")
+    extract.add_argument("dest", metavar="DIR")
+
     cbs = commands.add_parser("callbacks", help="the resolved callbacks and their events")
     cbs.add_argument("args", nargs="*", metavar="[key=value ...]")
     cbs.add_argument("--config", metavar="CONFIG")
 
     bench = commands.add_parser("bench", help="run the hook-overhead benchmark suite")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
-    for sub in (train, test, cbs, bench):
+    for sub in (train, test, export, archive, create, inspect_, extract, cbs, bench):
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
 
@@ -183,18 +207,22 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_test(ns: argparse.Namespace) -> int:
+def _load_weights(model: Any, weights: str) -> None:
     from runtime.checkpoint import load_checkpoint
 
+    checkpoint = load_checkpoint(weights)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights}: the weights do not fit the configured model: {exc}") from None
+
+
+def cmd_test(ns: argparse.Namespace) -> int:
     config, overrides = _split(ns.args)
     cfg = _load(config, overrides)
     _setup_logging(cfg)
     model, loaders = build_job(cfg)
-    checkpoint = load_checkpoint(ns.weights)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{ns.weights}: the weights do not fit the configured model: {exc}") from None
+    _load_weights(model, ns.weights)
     if ns.view not in loaders:
         raise ConfigError(f"--view {ns.view}: the data factory returned no {ns.view!r} loader")
     rt = _runtime(cfg, model)
@@ -203,6 +231,78 @@ def cmd_test(ns: argparse.Namespace) -> int:
     for name, value in sorted(metrics.items()):
         log.info("%s = %.5f", name, value)
     return 0
+
+
+def _trained_runtime(ns: argparse.Namespace) -> Any:
+    """A Runtime (no callbacks, a new run folder) holding the model with ``--weights``."""
+    from runtime.config import config_to_dict
+    from runtime.loop import Runtime
+    from runtime.tracking import create_tracker
+
+    config, overrides = _split(ns.args)
+    cfg = _load(config, overrides)
+    _setup_logging(cfg)
+    model, loaders = build_job(cfg)
+    _load_weights(model, ns.weights)
+    tcfg = cfg.tracker
+    tracker = create_tracker(tcfg.save_directory, tcfg.run_name, tcfg.backends)
+    tracker.save_config(config_to_dict(cfg))
+    rt = Runtime(model, [], cfg, tracker=tracker)
+    rt.loaders.update(loaders)
+    return rt
+
+
+def _export(rt: Any) -> Any:
+    """Export and verify; the result, or None with the reason printed."""
+    from callbacks.export import ExportOnTrainEnd
+    from callbacks.onnx_tools import ExportError
+
+    try:
+        result = ExportOnTrainEnd().export(rt, load_best=False)
+    except ExportError as exc:
+        sys.stderr.write(f"busloop: export failed: {exc}\n")
+        return None
+    if result is None:  # only when asked to load a best checkpoint, which this is not
+        return None
+    if not result.passed:
+        sys.stderr.write(
+            f"busloop: export failed verification: onnxruntime differs from PyTorch by up to "
+            f"{result.max_abs_diff:.3g} > exporter.tolerance {result.tolerance:.3g}; "
+            f"the file is kept for inspection: {result.path}\n"
+        )
+        return None
+    sys.stdout.write(f"{result.path}  (max abs diff vs PyTorch {result.max_abs_diff:.3g})\n")
+    return result
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    rt = _trained_runtime(ns)
+    result = _export(rt)
+    rt.close("success" if result is not None else "failed")
+    return 0 if result is not None else 1
+
+
+def cmd_archive(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from callbacks.archive import archive_export, read_config, safe_extract
+
+    if ns.action == "inspect":
+        config = read_config(Path(ns.archive))
+        sys.stdout.write(json.dumps(config.to_dict(), indent=4) + "\n")
+        return 0
+    if ns.action == "extract":
+        paths = safe_extract(Path(ns.archive), Path(ns.dest))
+        sys.stdout.write(f"extracted {len(paths)} file(s) into {ns.dest}\n")
+        return 0
+    rt = _trained_runtime(ns)
+    result = _export(rt)
+    if result is not None:
+        path, _ = archive_export(rt, result)
+        sys.stdout.write(f"{path}\n")
+    rt.close("success" if result is not None else "failed")
+    return 0 if result is not None else 1
 
 
 def cmd_callbacks(ns: argparse.Namespace) -> int:
@@ -242,10 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         ns.args = [*ns.args, *extra]
-    commands = {"train": cmd_train, "test": cmd_test, "callbacks": cmd_callbacks, "bench": cmd_bench}
+    commands = {
+        "train": cmd_train, "test": cmd_test, "export": cmd_export, "archive": cmd_archive,
+        "callbacks": cmd_callbacks, "bench": cmd_bench,
+    }  # fmt: skip
     try:
         return commands[ns.command](ns)
-    except USER_ERRORS as exc:
+    except _user_errors() as exc:
         if ns.debug:
             traceback.print_exc()
         sys.stderr.write(f"busloop: error: {exc}\n")

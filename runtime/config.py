@@ -45,14 +45,15 @@ from runtime.config_convert import (
     _one_of,
     _opt,
     _Problem,
-    _problems,
     converter,
+    structure,
 )
 from runtime.errors import ConfigError
 
 __all__ = [
     "BlobconverterConfig", "CallbackSpec", "ComponentSpec", "Config", "ConfigError",
-    "ExporterConfig", "HubAIConfig", "MainMetric", "OnnxConfig", "OptimizerSpec",
+    "ExporterConfig", "HubAIConfig", "MainMetric", "NormalizeConfig", "NormalizeParams",
+    "OnnxConfig", "OptimizerSpec", "PreprocessingConfig",
     "SchedulerSpec", "TrackerConfig", "TrainerConfig", "config_to_dict", "converter",
     "dump_config", "load_config",
 ]  # fmt: skip
@@ -152,6 +153,33 @@ class CallbackSpec:
 
 
 @attrs.define
+class NormalizeParams:
+    """Per-channel ``mean`` and ``std`` of the normalisation, in [0, 1] pixel units."""
+
+    mean: list[float] = attrs.field(factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = attrs.field(factory=lambda: [0.229, 0.224, 0.225])
+
+
+@attrs.define
+class NormalizeConfig:
+    """The normalisation your data factory applies (busloop does not apply it itself).
+
+    Export reads it for the archive's mean/scale (x 255) and Grad-CAM to de-normalise
+    the images it overlays. luxonis-train's shape: ``{active, params: {mean, std}}``.
+    """
+
+    active: bool = True
+    params: NormalizeParams = attrs.field(factory=NormalizeParams)
+
+
+@attrs.define
+class PreprocessingConfig:
+    """What the data factory does to images; ``normalize: null`` means inputs in [0, 1]."""
+
+    normalize: NormalizeConfig | None = None
+
+
+@attrs.define
 class TrainerConfig:
     """The training loop: length, batching, precision, validation cadence, logging, callbacks.
 
@@ -201,6 +229,7 @@ class TrainerConfig:
     smart_cfg_auto_populate: bool = True
     resume_from: str | None = None
     input_shape: list[int] | None = attrs.field(default=None, validator=_opt(_each(_ge(1))))
+    preprocessing: PreprocessingConfig = attrs.field(factory=PreprocessingConfig)
     callbacks: list[CallbackSpec] = attrs.field(factory=list)
 
 
@@ -215,12 +244,31 @@ class TrackerConfig:
     )
 
 
+def _layout_of_shape(_inst: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if value is not None and len(value) not in (1, 2, 3):
+        raise _Problem(
+            f"must be the shape of one sample ([C, H, W], [C, L] or [F]), got {value!r}",
+            attribute.name,
+        )
+
+
 @attrs.define
 class OnnxConfig:
-    """ONNX export: opset, optional dynamic axes (``torch.onnx.export`` form), simplification."""
+    """ONNX export with ``torch.onnx.export``.
+
+    ``opset_version``; ``input_names`` / ``output_names`` of the graph (outputs default to
+    ``output`` or ``output0, output1, ...``); ``dynamic_batch`` makes dim 0 of every input
+    and output dynamic (``dynamic_axes``, in ``torch.onnx.export``'s form, replaces it);
+    ``dynamo`` picks the ``torch.export``-based exporter instead of the TorchScript one;
+    ``simplify`` runs onnxslim on the result (the ``export`` extra).
+    """
 
     opset_version: int = attrs.field(default=17, validator=_between(7, 23))
+    input_names: list[str] = attrs.field(factory=lambda: ["input"])
+    output_names: list[str] | None = None
+    dynamic_batch: bool = True
     dynamic_axes: dict[str, Any] | None = None
+    dynamo: bool = False
     simplify: bool = False
 
 
@@ -246,9 +294,25 @@ class HubAIConfig:
 
 @attrs.define
 class ExporterConfig:
-    """Model export: the exported file's base ``name`` and the ONNX / blob / HubAI steps."""
+    """Model export: file name, input shape, parity tolerance, preprocessing, the steps.
+
+    ``name``: base name of the exported files (default: the run's name, else "model").
+    ``input_shape``: [C, H, W] of one sample (default: the model's ``example_input_array``,
+    else a validation batch, else ``trainer.input_shape``). ``tolerance``: the largest
+    max-abs difference between onnxruntime and PyTorch outputs that passes. ``mean_values``
+    / ``scale_values``: the archive's preprocessing (model input = (raw - mean) / scale on
+    0..255 pixels); default from ``trainer.preprocessing.normalize`` (x 255).
+    ``reverse_input_channels``: the device feeds BGR to an RGB model.
+    """
 
     name: str | None = None
+    input_shape: list[int] | None = attrs.field(
+        default=None, validator=[_opt(_each(_ge(1))), _layout_of_shape]
+    )
+    tolerance: float = attrs.field(default=1e-3, validator=_gt(0))
+    mean_values: list[float] | None = None
+    scale_values: list[float] | None = None
+    reverse_input_channels: bool = False
     onnx: OnnxConfig = attrs.field(factory=OnnxConfig)
     blobconverter: BlobconverterConfig = attrs.field(factory=BlobconverterConfig)
     hubai: HubAIConfig = attrs.field(factory=HubAIConfig)
@@ -364,12 +428,7 @@ def load_config(
         raise ConfigError(f"{name}: the top level must be a mapping, got {type(raw).__name__}")
     for text in overrides:
         _apply_override(raw, text)
-    try:
-        return converter.structure(raw, Config)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(_problems(exc)) from None
+    return structure(raw, Config)
 
 
 def _plain(value: Any) -> Any:

@@ -43,7 +43,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from runtime.errors import ConfigError
 from runtime.names import suggest
 
-__all__ = ["converter"]
+__all__ = ["converter", "structure"]
 
 
 class _Problem(ConfigError):
@@ -281,3 +281,20 @@ def _problems(exc: BaseException, path: tuple[str, ...] = ()) -> list[str]:
     if isinstance(exc, KeyError):
         return [f"{where}: required key is missing"]
     return [f"{where}: {exc}"]
+
+
+_T = typing.TypeVar("_T")
+
+
+def structure(data: Any, cls: type[_T]) -> _T:
+    """``data`` structured strictly into the attrs class ``cls``.
+
+    Raises ``ConfigError`` with one ``key.path: problem`` line per problem (validators,
+    unknown keys with the nearest valid name, wrong types).
+    """
+    try:
+        return converter.structure(data, cls)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(_problems(exc)) from None

@@ -67,3 +67,42 @@ class SaveAndStop(Callback):
         if runtime.state.epoch == self.epoch and batch_idx == self.at:
             runtime.save_checkpoint(self.path)
             runtime.request_stop("checkpoint taken")
+
+
+class TinyCNN(nn.Module):
+    """A small image classifier (1x8x8 -> 3 classes) for export, archive and Grad-CAM tests."""
+
+    task = "classification"
+
+    def __init__(self, classes: int = 3, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        super().__init__()
+        self.classes = [f"c{i}" for i in range(classes)]
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU()
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # type: ignore[no-any-return]
+
+
+def make_image_loader(n: int = 48, batch_size: int = 16, classes: int = 3, seed: int = 0) -> DataLoader[Any]:
+    """Random 1x8x8 images whose class is where the bright blob is (learnable, tiny)."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=generator)
+    x = torch.rand(n, 1, 8, 8, generator=generator) * 0.3
+    for i, label in enumerate(y.tolist()):
+        x[i, 0, 2 * label : 2 * label + 3, 2:6] += 0.7
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+def image_config(tmp_path: Any, **exporter: Any) -> dict[str, Any]:
+    """A config for TinyCNN runs: cross-entropy, a val/loss checkpoint, runs under tmp_path."""
+    return {
+        "loss": "torch.nn.functional:cross_entropy",
+        "optimizer": {"name": "SGD", "params": {"lr": 0.1}},
+        "trainer": {"epochs": 1, "num_sanity_val_steps": 0},
+        "tracker": {"save_directory": str(tmp_path / "runs"), "run_name": "tiny"},
+        "exporter": exporter,
+    }

@@ -323,11 +323,12 @@ def test_create_tracker_missing_packages(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ValueError) as info:
         create_tracker(str(tmp_path), backends=["local", "tensorboard"])
     assert str(info.value) == (
-        "tracker.backends: 'tensorboard' needs the tensorboard package (pip install tensorboard)"
+        "tracker.backends: 'tensorboard' needs the tensorboard package: "
+        "pip install 'busloop[tensorboard]' (or pip install tensorboard)"
     )
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(
-        ValueError, match=r"'mlflow' needs the mlflow package \(pip install mlflow\)"
+        ValueError, match=r"'mlflow' needs the mlflow package: pip install 'busloop\[mlflow\]'"
     ):
         create_tracker(str(tmp_path), backends=["mlflow"])
     assert list(tmp_path.iterdir()) == []

@@ -21,10 +21,13 @@ class DigitsClassifier(nn.Module):
     """Two conv blocks and a linear head; Lightning-style steps log loss and accuracy."""
 
     example_input_array = torch.zeros(1, 1, 8, 8)
+    task = "classification"  # with ``classes``: the NN Archive's ClassificationParser head
+    classes = [str(digit) for digit in range(10)]
     log: Callable[..., None]  # Runtime.module_log, attached while the runtime drives the model
 
     def __init__(self, channels: int = 32, num_classes: int = 10) -> None:
         super().__init__()
+        self.classes = [str(i) for i in range(num_classes)]
         self.features = nn.Sequential(
             nn.Conv2d(1, channels, 3, padding=1),
             nn.BatchNorm2d(channels),

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..distributed import is_rank_zero
+from ..errors import ConfigError
 from .base import FINAL_STATUSES, MultiTracker, NullTracker, Tracker
 from .local import LocalTracker, new_run_dir
 
@@ -33,25 +34,28 @@ __all__ = [
 BACKENDS = ("local", "tensorboard", "mlflow")
 
 
+def _missing(backend: str) -> ConfigError:
+    return ConfigError(
+        f"tracker.backends: '{backend}' needs the {backend} package: "
+        f"pip install 'busloop[{backend}]' (or pip install {backend})"
+    )
+
+
 def _check_available(backend: str) -> None:
-    """Raise a ValueError saying what to install when ``backend``'s package is missing."""
+    """Raise a ConfigError (a ValueError) naming the pip command when ``backend``'s package
+    is missing."""
     if backend == "tensorboard":
         try:
             importlib.import_module("torch.utils.tensorboard")
         except ImportError:
-            raise ValueError(
-                "tracker.backends: 'tensorboard' needs the tensorboard package "
-                "(pip install tensorboard)"
-            ) from None
+            raise _missing(backend) from None
     elif backend == "mlflow":
         if "mlflow" in sys.modules:  # imported already (or blocked with None)
             available = sys.modules["mlflow"] is not None
         else:  # mlflow is slow to import: look, don't import, on every rank
             available = importlib.util.find_spec("mlflow") is not None
         if not available:
-            raise ValueError(
-                "tracker.backends: 'mlflow' needs the mlflow package (pip install mlflow)"
-            )
+            raise _missing(backend)
 
 
 def create_tracker(
@@ -74,7 +78,7 @@ def create_tracker(
     for backend in backends:
         name = str(backend).strip().lower()
         if name not in BACKENDS:
-            raise ValueError(
+            raise ConfigError(
                 f"tracker.backends: unknown backend {backend!r}; "
                 f"valid backends are {', '.join(repr(b) for b in BACKENDS)}"
             )
