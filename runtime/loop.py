@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from runtime.checkpoint import isolated_rng
 from runtime.core import RuntimeCore, as_count
 from runtime.data import iterate, move_to_device, num_batches
 from runtime.devices import seed_everything
@@ -72,7 +73,8 @@ class Runtime(RuntimeCore):
             ev.fit_start.emit(self)
 
             if val_loader is not None and cfg.num_sanity_val_steps != 0 and st.num_val_batches:
-                self._sanity_check(val_loader)
+                with isolated_rng():  # as Lightning: the check draws nothing from training's stream
+                    self._sanity_check(val_loader)
 
             ev.train_start.emit(self)
             while st.epoch < st.max_epochs and not st.should_stop and not self._max_steps_reached():
