@@ -273,8 +273,8 @@ def load_checkpoint(
             f"{path} is not a readable checkpoint (corrupt or truncated?): {_short(err)}"
         ) from err
 
-    if is_lightning_checkpoint(checkpoint):
-        return checkpoint
+    if is_lightning_checkpoint(checkpoint) and FORMAT_KEY not in checkpoint:
+        return checkpoint  # written by Lightning (a busloop checkpoint carries Lightning's keys too)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"{path} is not a busloop checkpoint (it holds a {type(checkpoint).__name__}, "

@@ -31,7 +31,7 @@ from runtime.devices import autocast_for, select_device
 from runtime.metrics import MetricStore
 from runtime.module import ModuleBridge, plain_loss, resolve_loss
 from runtime.optim import SchedulerConfig, configure_optimization, step_schedulers
-from runtime.resume import ResumePoint, check_state_keys, checkpoint_of, load_weights, restore
+from runtime.resume import ResumePoint, check_state_keys, checkpoint_of, load_for_resume, restore
 from runtime.state import LoopState
 from runtime.tracking import Tracker, create_tracker
 
@@ -293,9 +293,10 @@ class RuntimeCore:
         return batch if self.device.type == "cpu" else move_to_device(batch, self.device)
 
     def _restore(self, path: str | os.PathLike[str]) -> None:
-        """Load a checkpoint: weights, optimizer/scheduler/scaler, callbacks, loop position."""
+        """Load a checkpoint: datamodule state, weights, optimizers/schedulers/scaler, callbacks,
+        loop position."""
         self.ckpt_path = str(path)
-        checkpoint = load_weights(self, path)
+        checkpoint = load_for_resume(self, path)
         self.bus.event.load_checkpoint.emit(self, checkpoint=checkpoint)
         self._resume = restore(self, checkpoint, path)
 

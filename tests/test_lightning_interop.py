@@ -1,4 +1,4 @@
-"""DataModules shared with the real Lightning 2.6 Trainer.
+"""DataModules and checkpoints shared with the real Lightning 2.6 Trainer.
 
 Every comparison runs the same module and data under ``lightning.pytorch.Trainer`` and
 under busloop: the datamodule's calls, the final weights (max abs diff <= 1e-6 on CPU),
@@ -8,6 +8,7 @@ and checkpoints passed from one to the other in both directions.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import make_data
 from runtime import Callback, Runtime
+from runtime.checkpoint import CheckpointError, load_checkpoint
 from runtime.config import ConfigError
 from runtime.tracking import NullTracker
 
@@ -246,3 +248,199 @@ class _NoTest(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader[Any]:
         return DataLoader(make_data(32))
+
+
+# ------------------------------------------------------------------ busloop -> Lightning
+
+
+class SaveAtEpochEnd(Callback):
+    """Writes a checkpoint in train_epoch_end of epoch ``epoch`` (where ModelCheckpoint saves)."""
+
+    def __init__(self, path: Path, epoch: int) -> None:
+        self.path, self.epoch = path, epoch
+
+    def on_train_epoch_end(self, runtime: Any) -> None:
+        if runtime.state.epoch == self.epoch:
+            runtime.save_checkpoint(self.path)
+
+
+def _busloop_checkpoint(path: Path, where: str, module: nn.Module) -> RecordingDataModule:
+    """Train ``module`` under busloop for 2 epochs and leave a checkpoint at ``path``."""
+    dm = RecordingDataModule(shuffle=False)
+    if where == "after_fit":
+        rt = _runtime(module)
+        rt.fit(datamodule=dm)
+        rt.save_checkpoint(path)
+    else:  # saved in train_epoch_end of the second epoch, then training goes on
+        _runtime(module, epochs=3, callbacks=[SaveAtEpochEnd(path, epoch=1)]).fit(datamodule=dm)
+    return dm
+
+
+def test_busloop_checkpoint_loads_with_load_from_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = HParamModule(hidden=12, lr=0.05, tags=("x", "y"))
+    dm = _busloop_checkpoint(tmp_path / "b.ckpt", "after_fit", module)
+
+    checkpoint = torch.load(tmp_path / "b.ckpt", weights_only=True)  # plain torch, weights_only
+    assert checkpoint["hyper_parameters"] == {"hidden": 12, "lr": 0.05, "tags": ("x", "y")}
+    assert type(checkpoint["hyper_parameters"]) is dict
+    assert checkpoint["hparams_name"] == "kwargs"
+    assert checkpoint["datamodule_hyper_parameters"] == {"batch_size": 16, "shuffle": False}
+    assert checkpoint["RecordingDataModule"] == {"seen_setups": 1}
+    assert dm.calls.count("state_dict") == 1
+
+    loaded = HParamModule.load_from_checkpoint(tmp_path / "b.ckpt")
+    assert dict(loaded.hparams) == dict(module.hparams)
+    _assert_same_weights(module, loaded)
+    loaded_dm = RecordingDataModule.load_from_checkpoint(tmp_path / "b.ckpt")
+    assert loaded_dm.hparams.shuffle is False and loaded_dm.restored == {"seen_setups": 1}
+
+
+@pytest.mark.parametrize("where", ["after_fit", "at_epoch_end"])
+def test_busloop_checkpoint_resumes_in_lightning(tmp_path: Path, where: str) -> None:
+    torch.manual_seed(0)
+    module = HParamModule()
+    uninterrupted_lightning, uninterrupted_busloop, first_half = (copy.deepcopy(module) for _ in range(3))
+    _trainer(max_epochs=4).fit(uninterrupted_lightning, datamodule=RecordingDataModule(shuffle=False))
+    _runtime(uninterrupted_busloop, epochs=4).fit(datamodule=RecordingDataModule(shuffle=False))
+    _busloop_checkpoint(tmp_path / "b.ckpt", where, first_half)
+
+    resumed = copy.deepcopy(module)
+    resumed_dm = RecordingDataModule(shuffle=False)
+    trainer = _trainer(max_epochs=4, callbacks=[LightningHookRecorder(resumed_dm.calls)])
+    trainer.fit(resumed, datamodule=resumed_dm, ckpt_path=tmp_path / "b.ckpt")
+
+    assert trainer.global_step == 24 and trainer.current_epoch == 4
+    assert resumed_dm.restored == {"seen_setups": 1}
+    assert resumed_dm.calls.index("load_state_dict") < resumed_dm.calls.index("cb.load_checkpoint")
+    _assert_same_weights(uninterrupted_lightning, resumed)
+    _assert_same_weights(uninterrupted_busloop, resumed)
+
+
+# ------------------------------------------------------------------ Lightning -> busloop
+
+
+class Counter:
+    """State shared by a Lightning and a busloop callback with the same state_key."""
+
+    state_key = "Counter"
+
+    def __init__(self) -> None:
+        self.epochs = 0
+        self.loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.loaded = dict(state_dict)
+
+
+class LightningCounter(Counter, pl.Callback):
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.epochs += 1
+
+
+class BusloopCounter(Counter, Callback):
+    def on_train_epoch_end(self, runtime: Any) -> None:
+        self.epochs += 1
+
+
+def _lightning_checkpoint(tmp_path: Path, where: str, module: nn.Module) -> Path:
+    """Train ``module`` under Lightning for 2 epochs and return a checkpoint of it."""
+    dm = RecordingDataModule(shuffle=False)
+    if where == "model_checkpoint":  # saved in on_train_epoch_end of the second epoch
+        saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1)
+        _trainer(max_epochs=2, callbacks=[LightningCounter(), saver], enable_checkpointing=True).fit(
+            module, datamodule=dm
+        )
+        return tmp_path / "ckpts" / "epoch=1-step=12.ckpt"
+    trainer = _trainer(max_epochs=2, callbacks=[LightningCounter()])
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "l.ckpt")
+    return tmp_path / "l.ckpt"
+
+
+@pytest.mark.parametrize("where", ["model_checkpoint", "save_checkpoint"])
+def test_lightning_checkpoint_resumes_in_busloop(tmp_path: Path, where: str) -> None:
+    torch.manual_seed(0)
+    module = HParamModule()
+    uninterrupted, first_half, resumed = (copy.deepcopy(module) for _ in range(3))
+    _trainer(max_epochs=4).fit(uninterrupted, datamodule=RecordingDataModule(shuffle=False))
+    path = _lightning_checkpoint(tmp_path, where, first_half)
+
+    counter, dm = BusloopCounter(), RecordingDataModule(shuffle=False)
+    rt = _runtime(resumed, epochs=4, callbacks=[counter])
+    state = rt.fit(datamodule=dm, ckpt_path=path)
+
+    assert counter.loaded == {"epochs": 2}  # restored by state_key
+    assert dm.restored == {"seen_setups": 1}
+    assert state.global_step == 24 and counter.epochs == 2  # two epochs left to train
+    _assert_same_weights(uninterrupted, resumed)
+    lr = rt.optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
+    assert lr == pytest.approx(0.1 * 0.7**4)
+
+
+def test_lightning_mid_epoch_checkpoint_is_refused_before_loading(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1)
+    _trainer(max_epochs=1, callbacks=[saver], enable_checkpointing=True).fit(
+        HParamModule(), datamodule=RecordingDataModule(shuffle=False)
+    )
+    path = tmp_path / "epoch=0-step=4.ckpt"
+    module = HParamModule()
+    before = copy.deepcopy(module.state_dict())
+    with pytest.raises(CheckpointError, match=r"epoch=0-step=4.ckpt was saved by Lightning in the middle of epoch 0"):
+        _runtime(module).fit(datamodule=RecordingDataModule(), ckpt_path=path)
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_lightning_weights_only_checkpoint_is_refused(tmp_path: Path) -> None:
+    trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(HParamModule(), datamodule=RecordingDataModule())
+    trainer.save_checkpoint(tmp_path / "w.ckpt", weights_only=True)
+    with pytest.raises(CheckpointError, match="w.ckpt: this Lightning checkpoint holds only the model"):
+        _runtime(HParamModule()).fit(datamodule=RecordingDataModule(), ckpt_path=tmp_path / "w.ckpt")
+
+
+def test_checkpoint_of_another_model_names_the_file(tmp_path: Path) -> None:
+    rt = _runtime(HParamModule(hidden=4), epochs=1)
+    rt.fit(datamodule=RecordingDataModule())
+    rt.save_checkpoint(tmp_path / "small.ckpt")
+    with pytest.raises(CheckpointError, match="small.ckpt: the model weights do not fit this model"):
+        _runtime(HParamModule(hidden=8)).fit(datamodule=RecordingDataModule(), ckpt_path=tmp_path / "small.ckpt")
+
+
+def test_optimizer_count_mismatch_names_the_file(tmp_path: Path) -> None:
+    rt = _runtime(HParamModule(), epochs=1)
+    rt.fit(datamodule=RecordingDataModule())
+    checkpoint = load_checkpoint(rt.save_checkpoint(tmp_path / "one.ckpt"))
+    checkpoint["optimizer_states"] *= 2
+    torch.save(checkpoint, tmp_path / "two.ckpt")
+    with pytest.raises(CheckpointError, match=r"two.ckpt holds 2 optimizer state\(s\), this run has 1"):
+        _runtime(HParamModule()).fit(datamodule=RecordingDataModule(), ckpt_path=tmp_path / "two.ckpt")
+
+
+class PathModule(HParamModule):
+    def __init__(self, root: Path = Path("/data")) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+
+def test_hyperparameters_that_cannot_be_stored_are_named(tmp_path: Path) -> None:
+    rt = _runtime(PathModule(), epochs=1, limit_train_batches=1)
+    rt.fit(datamodule=RecordingDataModule())
+    with pytest.raises(CheckpointError, match=r"PathModule's hyperparameters: hyper_parameters.root: .*PosixPath"):
+        rt.save_checkpoint(tmp_path / "p.ckpt")
+
+
+def test_a_busloop_checkpoint_with_lightning_keys_is_still_format_checked(tmp_path: Path) -> None:
+    rt = _runtime(HParamModule(), epochs=1, limit_train_batches=1)
+    rt.fit(datamodule=RecordingDataModule())
+    checkpoint = load_checkpoint(rt.save_checkpoint(tmp_path / "b.ckpt"))
+    assert checkpoint["pytorch-lightning_version"] == "2.6.0" and "loop" in checkpoint
+    checkpoint["busloop_format"] = 99
+    torch.save(checkpoint, tmp_path / "newer.ckpt")
+    with pytest.raises(CheckpointError, match="newer.ckpt was written in checkpoint format 99"):
+        load_checkpoint(tmp_path / "newer.ckpt")
