@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import make_data
+from conftest import SaveAndStop, make_data
 from runtime import Callback, Runtime
 from runtime.checkpoint import CheckpointError, load_checkpoint
 from runtime.config import ConfigError
@@ -315,6 +315,20 @@ def test_busloop_checkpoint_resumes_in_lightning(tmp_path: Path, where: str) -> 
     assert resumed_dm.calls.index("load_state_dict") < resumed_dm.calls.index("cb.load_checkpoint")
     _assert_same_weights(uninterrupted_lightning, resumed)
     _assert_same_weights(uninterrupted_busloop, resumed)
+
+
+def test_busloop_mid_epoch_checkpoint_resumes_in_lightning_at_the_same_position(tmp_path: Path) -> None:
+    """Mid-epoch, Lightning continues as from its own on_train_batch_end checkpoint: the rest of
+    the epoch's batch count, then the remaining epochs (its loader restarts; it warns)."""
+    torch.manual_seed(0)
+    rt = _runtime(HParamModule(), epochs=3, callbacks=[SaveAndStop(tmp_path / "mid.ckpt", epoch=1, at=2)])
+    rt.fit(datamodule=RecordingDataModule(shuffle=False))
+    assert load_checkpoint(tmp_path / "mid.ckpt")["global_step"] == 9  # 6 + 3 batches of epoch 1
+
+    trainer = _trainer(max_epochs=3)
+    with pytest.warns(UserWarning, match="ended before the epoch ended"):
+        trainer.fit(HParamModule(), datamodule=RecordingDataModule(shuffle=False), ckpt_path=tmp_path / "mid.ckpt")
+    assert (trainer.current_epoch, trainer.global_step) == (3, 9 + 3 + 6)
 
 
 # ------------------------------------------------------------------ Lightning -> busloop
