@@ -29,7 +29,7 @@ import re
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "CheckpointError",
     "check_weights_only_safe",
     "is_lightning_checkpoint",
+    "isolated_rng",
     "load_checkpoint",
     "rng_state",
     "save_checkpoint",
@@ -272,8 +273,8 @@ def load_checkpoint(
             f"{path} is not a readable checkpoint (corrupt or truncated?): {_short(err)}"
         ) from err
 
-    if is_lightning_checkpoint(checkpoint):
-        return checkpoint
+    if is_lightning_checkpoint(checkpoint) and FORMAT_KEY not in checkpoint:
+        return checkpoint  # written by Lightning (a busloop checkpoint carries Lightning's keys too)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"{path} is not a busloop checkpoint (it holds a {type(checkpoint).__name__}, "
@@ -389,6 +390,16 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
             )
         for index, device_state in enumerate(saved_cuda[:count]):
             torch.cuda.set_rng_state(_byte_tensor(device_state), index)
+
+
+@contextlib.contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run a block without it changing any global random generator (all restored after it)."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 def _byte_tensor(value: Any) -> torch.Tensor:

@@ -31,7 +31,7 @@ from runtime.devices import autocast_for, select_device
 from runtime.metrics import MetricStore
 from runtime.module import bridge_for, plain_loss, resolve_loss
 from runtime.optim import SchedulerConfig, configure_optimization, step_schedulers
-from runtime.resume import ResumePoint, check_state_keys, checkpoint_of, load_weights, restore
+from runtime.resume import ResumePoint, check_state_keys, checkpoint_of, load_for_resume, restore
 from runtime.state import LoopState
 from runtime.tracking import Tracker, create_tracker
 
@@ -84,6 +84,10 @@ class RuntimeCore:
         self.ckpt_path: str | None = None
         self.loaders: dict[str, Iterable[Any]] = {}
         """Loaders by split ("train", "val", "test", ...): fit sets train/val, the CLI all."""
+        self.train_loader: Iterable[Any] | None = None
+        self.val_loader: Iterable[Any] | None = None
+        self.datamodule: Any = None
+        """The datamodule of the running (or last) run, when it was given one (runtime.datamodule)."""
         self.training_strategy: Any = None
         """Optional object owning optimization: ``configure_optimizers(runtime)`` returns
         ``(optimizer, schedulers)``; ``update_parameters(runtime)`` runs after every backward."""
@@ -182,11 +186,16 @@ class RuntimeCore:
         log.debug("[Epoch %d/%d] step %d | %s", st.epoch + 1, st.max_epochs, st.global_step, parts)
 
     @contextlib.contextmanager
-    def _running(self, stage: str) -> Iterator[None]:
-        """One public run: tracker, module hooks, stage bookkeeping, the exception event."""
+    def _running(self, stage: str, datamodule: Any = None) -> Iterator[None]:
+        """One public run: tracker, module hooks, stage bookkeeping, the exception event.
+
+        The outermost run's ``datamodule`` (None for loaders) becomes ``self.datamodule``;
+        a run inside it (a test at train end) leaves it as it is.
+        """
         st = self.state
         outer = st.stage
         if outer is None:
+            self.datamodule = datamodule
             self._open_tracker()
             self._bridge.attach(self)
             self.model.to(self.device)
@@ -230,9 +239,12 @@ class RuntimeCore:
         """The tracker's run folder (``runs/<N>-<name>``), or None."""
         return getattr(self.tracker, "run_dir", None)
 
-    def _prepare_loaders(
-        self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None
-    ) -> tuple[Iterable[Any], Iterable[Any] | None]:
+    def _use_fit_loaders(self, train_loader: Iterable[Any] | None, val_loader: Iterable[Any] | None) -> None:
+        """Make ``fit``'s loaders the run's: distributed samplers under torchrun, the
+        ``train_loader`` / ``val_loader`` / ``loaders`` attributes and the batch counts
+        (callbacks read them from ``fit_start`` on)."""
+        if train_loader is None:
+            raise ConfigError("fit: give a training loader or a datamodule")
         if dist.launched_by_torchrun():
             from runtime.data import distributed_loader
 
@@ -240,7 +252,13 @@ class RuntimeCore:
                 log.info("torch.distributed initialised: rank %d of %d", dist.rank(), dist.world_size())
             train_loader = distributed_loader(train_loader)
             val_loader = distributed_loader(val_loader, shuffle=False) if val_loader is not None else None
-        return train_loader, val_loader
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.loaders["train"] = train_loader
+        if val_loader is not None:
+            self.loaders["val"] = val_loader
+        st = self.state
+        st.num_training_batches = as_count(num_batches(train_loader, self.config.trainer.limit_train_batches))
+        st.num_val_batches = self._count_val_batches(val_loader)
 
     def _configure_optimization(self) -> None:
         """Model to device, DDP wrapping, optimizer, schedulers, grad scaler."""
@@ -283,9 +301,10 @@ class RuntimeCore:
         return batch if self.device.type == "cpu" else move_to_device(batch, self.device)
 
     def _restore(self, path: str | os.PathLike[str]) -> None:
-        """Load a checkpoint: weights, optimizer/scheduler/scaler, callbacks, loop position."""
+        """Load a checkpoint: datamodule state, weights, optimizers/schedulers/scaler, callbacks,
+        loop position."""
         self.ckpt_path = str(path)
-        checkpoint = load_weights(self, path)
+        checkpoint = load_for_resume(self, path)
         self.bus.event.load_checkpoint.emit(self, checkpoint=checkpoint)
         self._resume = restore(self, checkpoint, path)
 

@@ -21,9 +21,13 @@ from typing import Any
 
 import torch
 
+from runtime.checkpoint import isolated_rng
 from runtime.core import RuntimeCore, as_count
 from runtime.data import iterate, move_to_device, num_batches
+from runtime.datamodule import as_datamodule, fit_loaders, loader_of, prepare_and_setup
+from runtime.datamodule import teardown as teardown_datamodule
 from runtime.devices import seed_everything
+from runtime.errors import ConfigError
 from runtime.metrics import STAGE_PREFIX
 from runtime.module import inputs_of, plain_loss, step_loss
 from runtime.optim import clip_gradients, zero_grad
@@ -46,33 +50,42 @@ class Runtime(RuntimeCore):
 
     def fit(
         self,
-        train_loader: Iterable[Any],
+        train_loader: Iterable[Any] | None = None,
         val_loader: Iterable[Any] | None = None,
         ckpt_path: str | os.PathLike[str] | None = None,
+        *,
+        datamodule: Any = None,
     ) -> LoopState:
-        """Train for ``trainer.epochs`` (or ``max_steps``), validating as configured."""
+        """Train for ``trainer.epochs`` (or ``max_steps``), validating as configured.
+
+        The data comes from loaders or from a datamodule (``datamodule=`` or in place of
+        ``train_loader``; see :mod:`runtime.datamodule`).
+        """
         cfg, st, ev = self.config.trainer, self.state, self.bus.event
         ckpt_path = ckpt_path if ckpt_path is not None else cfg.resume_from
-        with self._running("fit"):
+        dm = as_datamodule(train_loader, datamodule, "fit")
+        if dm is None and train_loader is None:
+            raise ConfigError("fit: give a training loader or a datamodule")
+        with self._running("fit", dm):
             if cfg.seed is not None:
                 seed_everything(cfg.seed, deterministic=cfg.deterministic)
-            train_loader, val_loader = self._prepare_loaders(train_loader, val_loader)
-            self.train_loader, self.val_loader = train_loader, val_loader
-            self.loaders["train"] = train_loader
-            if val_loader is not None:
-                self.loaders["val"] = val_loader
             st.should_stop, st.stop_reason, st.interrupted = False, None, False
-            st.num_training_batches = as_count(num_batches(train_loader, cfg.limit_train_batches))
-            st.num_val_batches = self._count_val_batches(val_loader)
-
+            if dm is None:
+                self._use_fit_loaders(train_loader, val_loader)
+            else:
+                prepare_and_setup(dm, self.model, "fit", self.device)  # prepare_data, dm.setup
             ev.setup.emit(self, stage="fit")
+            if dm is not None:
+                self._use_fit_loaders(*fit_loaders(dm, sanity_check=cfg.num_sanity_val_steps != 0))
+            train_loader, val_loader = self.loaders["train"], self.val_loader
             self._configure_optimization()
             if ckpt_path is not None:
                 self._restore(ckpt_path)
             ev.fit_start.emit(self)
 
             if val_loader is not None and cfg.num_sanity_val_steps != 0 and st.num_val_batches:
-                self._sanity_check(val_loader)
+                with isolated_rng():  # as Lightning: the check draws nothing from training's stream
+                    self._sanity_check(val_loader)
 
             self.metrics.begin_stage("train")  # on_train_start logs go to the train results
             ev.train_start.emit(self)
@@ -80,21 +93,26 @@ class Runtime(RuntimeCore):
                 self._train_epoch(train_loader, val_loader)
             ev.train_end.emit(self)
             ev.fit_end.emit(self)
+            if dm is not None:
+                teardown_datamodule(dm, "fit")
             ev.teardown.emit(self, stage="fit")
         return st
 
-    def validate(self, loader: Iterable[Any]) -> dict[str, float]:
-        """One validation pass; returns the ``val/...`` metrics."""
-        return self._evaluate("validation", "validate", loader, self.config.trainer.limit_val_batches)
+    def validate(self, loader: Iterable[Any] | None = None, *, datamodule: Any = None) -> dict[str, float]:
+        """One validation pass over a loader or a datamodule's ``val_dataloader``; returns the
+        ``val/...`` metrics."""
+        return self._evaluate("validation", "validate", loader, datamodule, self.config.trainer.limit_val_batches)
 
-    def test(self, loader: Iterable[Any]) -> dict[str, float]:
-        """One test pass; returns the ``test/...`` metrics."""
-        return self._evaluate("test", "test", loader, self.config.trainer.limit_test_batches)
+    def test(self, loader: Iterable[Any] | None = None, *, datamodule: Any = None) -> dict[str, float]:
+        """One test pass over a loader or a datamodule's ``test_dataloader``; returns the
+        ``test/...`` metrics."""
+        return self._evaluate("test", "test", loader, datamodule, self.config.trainer.limit_test_batches)
 
-    def predict(self, loader: Iterable[Any]) -> list[Any]:
-        """Run ``predict_step`` (or the model's forward) over ``loader``; returns the outputs."""
+    def predict(self, loader: Iterable[Any] | None = None, *, datamodule: Any = None) -> list[Any]:
+        """Run ``predict_step`` (or the model's forward) over a loader or a datamodule's
+        ``predict_dataloader``; returns the outputs."""
         self._predictions = []
-        self._evaluate("predict", "predict", loader, self.config.trainer.limit_predict_batches)
+        self._evaluate("predict", "predict", loader, datamodule, self.config.trainer.limit_predict_batches)
         predictions, self._predictions = self._predictions, []
         return predictions
 
@@ -251,17 +269,27 @@ class Runtime(RuntimeCore):
         st.clear_metrics()  # Lightning clears its metrics after the sanity check
 
     def _evaluate(
-        self, stage: str, fn: str, loader: Iterable[Any], limit: int | float | None
+        self, stage: str, fn: str, loader: Iterable[Any] | None, datamodule: Any, limit: int | float | None
     ) -> dict[str, float]:
         """validate / test / predict outside fit: setup, one eval epoch, teardown."""
         st, ev = self.state, self.bus.event
-        with self._running(fn):
+        dm = as_datamodule(loader, datamodule, fn)
+        if dm is None and loader is None:
+            raise ConfigError(f"{fn}: give a loader or a datamodule")
+        with self._running(fn, dm):
+            if dm is not None:
+                prepare_and_setup(dm, self.model, fn, self.device)
+            ev.setup.emit(self, stage=fn)
+            if dm is not None:
+                loader = loader_of(dm, fn)
+            assert loader is not None
             count = as_count(num_batches(loader, limit))
             setattr(st, f"num_{'val' if stage == 'validation' else stage}_batches", count)
-            ev.setup.emit(self, stage=fn)
             self.model.to(self.device)
             self.model.eval()
             metrics = self._eval_epoch(stage, loader, count)
+            if dm is not None:
+                teardown_datamodule(dm, fn)
             ev.teardown.emit(self, stage=fn)
         return metrics
 

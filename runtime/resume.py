@@ -30,6 +30,14 @@ from runtime.checkpoint import (
 )
 from runtime.config import config_to_dict
 from runtime.data import iterate, set_sampler_epoch
+from runtime.lightning_ckpt import (
+    LIGHTNING_FORMAT_VERSION,
+    LIGHTNING_VERSION_KEY,
+    fit_loop_state,
+    hparams_entries,
+    lightning_resume_epoch,
+    loops_state,
+)
 
 if TYPE_CHECKING:
     from runtime.core import RuntimeCore as Runtime
@@ -39,7 +47,7 @@ __all__ = [
     "check_state_keys",
     "checkpoint_of",
     "epoch_batches",
-    "load_weights",
+    "load_for_resume",
     "restore",
     "state_key",
 ]
@@ -63,6 +71,7 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
 
     ``epoch_rng`` is the RNG state at the start of the running epoch and ``val_pending``
     whether a validation is due after the last finished batch: the loop's own position.
+    The dict is also a Lightning 2.6 checkpoint (see :mod:`runtime.lightning_ckpt`).
     """
     st = runtime.state
     epoch_done = st.training is False and st.batch_idx >= st.num_training_batches > 0
@@ -72,7 +81,7 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
         state = state_dict() if callable(state_dict) else None
         if state:
             callback_states[state_key(callback)] = state
-    return {
+    checkpoint = {
         FORMAT_KEY: FORMAT_VERSION,
         "epoch": st.epoch,
         "global_step": st.global_step,
@@ -85,7 +94,7 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
             "pending_logs": runtime.metrics.pending("train"),
         },
         "state_dict": runtime.model.state_dict(),
-        "optimizer_states": [runtime.optimizer.state_dict()] if runtime.optimizer else [],
+        "optimizer_states": [optimizer.state_dict() for optimizer in _optimizers(runtime)],
         "lr_schedulers": [c.scheduler.state_dict() for c in runtime.lr_scheduler_configs],
         "scaler": runtime.scaler.state_dict() if runtime.scaler is not None else None,
         "accumulate_grad_batches": runtime.accumulate_grad_batches,
@@ -96,11 +105,53 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
         "config": config_to_dict(runtime.config),
         "versions": versions(),
     }
+    checkpoint.update(_lightning_entries(runtime, epoch_done))
+    return checkpoint
 
 
-def load_weights(runtime: Runtime, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read the checkpoint at ``path`` (weights_only) and load its weights into the model."""
+def _lightning_entries(runtime: Runtime, epoch_done: bool) -> dict[str, Any]:
+    """What Lightning's Trainer and ``load_from_checkpoint`` read beyond the shared keys."""
+    st, dm = runtime.state, runtime.datamodule
+    fit_loop = fit_loop_state(
+        epoch=st.epoch,
+        batch_idx=st.batch_idx,
+        num_batches=st.num_training_batches,
+        global_step=st.global_step,
+        epoch_done=epoch_done,
+    )
+    entries: dict[str, Any] = {LIGHTNING_VERSION_KEY: LIGHTNING_FORMAT_VERSION, "loops": loops_state(fit_loop)}
+    entries.update(hparams_entries(runtime.model, "hyper_parameters", "hparams_name"))
+    if dm is not None:
+        entries.update(hparams_entries(dm, "datamodule_hyper_parameters", "datamodule_hparams_name"))
+        state_dict = getattr(dm, "state_dict", None)
+        state = state_dict() if callable(state_dict) else None
+        if state:
+            entries[type(dm).__qualname__] = state
+    if runtime.scaler is not None:
+        entries["MixedPrecision"] = runtime.scaler.state_dict()  # Lightning's precision plugin key
+    return entries
+
+
+def _optimizers(runtime: Runtime) -> list[Any]:
+    """The runtime's optimizers in order (``runtime.optimizers``, else the one optimizer)."""
+    optimizers = getattr(runtime, "optimizers", None)
+    if isinstance(optimizers, list | tuple):
+        return list(optimizers)
+    return [runtime.optimizer] if runtime.optimizer is not None else []
+
+
+def load_for_resume(runtime: Runtime, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the checkpoint at ``path`` (weights_only), check that it can be resumed, and load
+    the datamodule's state and the model weights (Lightning's order); returns the checkpoint.
+
+    A Lightning checkpoint busloop cannot continue exactly is refused before anything loads.
+    """
     checkpoint = load_checkpoint(path, map_location=runtime.device)
+    if "loop" not in checkpoint:
+        lightning_resume_epoch(checkpoint, path)
+    dm = runtime.datamodule
+    if dm is not None and type(dm).__qualname__ in checkpoint:
+        dm.load_state_dict(checkpoint[type(dm).__qualname__])
     try:
         runtime.model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, RuntimeError) as exc:
@@ -112,19 +163,21 @@ def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLik
     """Load callbacks, optimizer / schedulers / scaler and the loop position from ``checkpoint``.
 
     Returns where the fit loop resumes, or None for a Lightning checkpoint (it resumes at
-    the start of the epoch after the one it was saved in).
+    the epoch boundary its loop counters name, with the random generators as they are).
     """
     states = checkpoint.get("callbacks", {})
     for callback in runtime.callbacks:
         key = state_key(callback)
         if key in states and callable(getattr(callback, "load_state_dict", None)):
             callback.load_state_dict(states[key])  # type: ignore[attr-defined]
-    if runtime.optimizer is not None and checkpoint.get("optimizer_states"):
-        runtime.optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+    _load_optimizers(runtime, checkpoint.get("optimizer_states", []), path)
     for config, state in zip(runtime.lr_scheduler_configs, checkpoint.get("lr_schedulers", []), strict=False):
         config.scheduler.load_state_dict(state)
-    if runtime.scaler is not None and checkpoint.get("scaler"):
-        runtime.scaler.load_state_dict(checkpoint["scaler"])
+    scaler_state = next(
+        (checkpoint[k] for k in ("scaler", "MixedPrecision", "native_amp_scaling_state") if checkpoint.get(k)), None
+    )
+    if runtime.scaler is not None and scaler_state:
+        runtime.scaler.load_state_dict(scaler_state)
     runtime.accumulate_grad_batches = int(
         checkpoint.get("accumulate_grad_batches", runtime.accumulate_grad_batches)
     )
@@ -134,8 +187,9 @@ def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLik
     st.global_step = int(checkpoint.get("global_step", 0))
     st.metrics = dict(checkpoint.get("metrics", {}))
     st.history = [dict(entry) for entry in checkpoint.get("history", [])]
-    if loop is None:  # a Lightning checkpoint: resume at the next epoch
-        st.epoch = int(checkpoint.get("epoch", -1)) + 1
+    if loop is None:  # written by Lightning: resume at the epoch boundary it was saved at
+        st.epoch, st.batch_idx = lightning_resume_epoch(checkpoint, path), 0
+        log.info("Resumed from Lightning checkpoint %s at epoch %d, step %d", path, st.epoch, st.global_step)
         return None
     st.epoch = int(loop["epoch"])
     st.batch_idx = int(loop["batch_idx"])
@@ -148,6 +202,22 @@ def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLik
         val_pending=bool(loop.get("val_pending", False)),
         rng=checkpoint.get("rng"),
     )
+
+
+def _load_optimizers(runtime: Runtime, states: list[Any], path: str | os.PathLike[str]) -> None:
+    """Load the saved optimizer states in order; a different count or shape names the file."""
+    optimizers = _optimizers(runtime)
+    if not states:
+        return
+    if len(states) != len(optimizers):
+        raise CheckpointError(
+            f"{path} holds {len(states)} optimizer state(s), this run has {len(optimizers)} optimizer(s)"
+        )
+    for index, (optimizer, state) in enumerate(zip(optimizers, states, strict=True)):
+        try:
+            optimizer.load_state_dict(state)
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: optimizer {index}'s state does not fit this run: {exc}") from None
 
 
 def epoch_batches(

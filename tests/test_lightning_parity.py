@@ -170,3 +170,22 @@ def test_same_lightning_module_trained_three_epochs_gives_the_same_weights() -> 
     assert by_busloop.hook_calls == by_lightning.hook_calls == ["on_validation_epoch_end"] * 3
     # the LightningModule's own log method is back once the run is over
     assert "log" not in vars(by_busloop)
+
+
+def test_sanity_check_leaves_the_training_random_stream_alone() -> None:
+    """Lightning runs the sanity check under isolate_rng: a shuffled train loader then draws
+    the same order with and without the check, and busloop matches it."""
+    torch.manual_seed(2)
+    module = TinyModule()
+    by_lightning, by_busloop = copy.deepcopy(module), copy.deepcopy(module)
+
+    trainer = _lightning_trainer(LightningRecorder(), max_epochs=2, num_sanity_val_steps=1)
+    torch.manual_seed(5)
+    trainer.fit(by_lightning, make_loader(96, shuffle=True), make_loader(48, seed=1))
+
+    rt = Runtime(by_busloop, [], _busloop_config(epochs=2, num_sanity_val_steps=1), tracker=NullTracker())
+    torch.manual_seed(5)
+    rt.fit(make_loader(96, shuffle=True), make_loader(48, seed=1))
+
+    for (name, a), (_, b) in zip(by_lightning.state_dict().items(), by_busloop.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
