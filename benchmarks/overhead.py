@@ -325,6 +325,15 @@ def _fit_lightning_defaults(ctx: RunContext, batches: TimedBatches) -> None:
     _fit_lightning(ctx, batches)
 
 
+def _fit_busloop_lightning_module(ctx: RunContext, batches: TimedBatches) -> None:
+    """busloop driving the same LightningModule as the Lightning contenders (no tracker)."""
+    from runtime import Runtime
+    from runtime.tracking import NullTracker
+
+    config = {"trainer": {"epochs": 1, "accelerator": "cpu", "num_sanity_val_steps": 0}}
+    Runtime(_lightning_module(ctx), [], config, tracker=NullTracker()).fit(batches)
+
+
 def _fit_ignite(ctx: RunContext, batches: TimedBatches) -> None:
     """Ignite's Engine with no handlers, running the plain loop's step."""
     from ignite.engine import Engine
@@ -356,6 +365,12 @@ CONTENDERS: dict[str, Contender] = {
         Contender("lightning-bare", "Lightning, all off", _fit_lightning_bare, ("lightning",)),
         Contender(
             "lightning-defaults", "Lightning, defaults", _fit_lightning_defaults, ("lightning",)
+        ),
+        Contender(
+            "busloop-lightning-module",
+            "busloop, the same LightningModule",
+            _fit_busloop_lightning_module,
+            ("lightning",),
         ),
         Contender("ignite", "Ignite Engine, no handlers", _fit_ignite, ("ignite",)),
     )

@@ -72,6 +72,8 @@ class LightningBridge(ModuleBridge):
         """Attach the trainer facade, then connect hooks and route ``self.log``."""
         self.trainer = TrainerFacade(runtime)
         setattr(self.model, "trainer", self.trainer)  # noqa: B010  LightningModule's setter: children too
+        if runtime.datamodule is not None and hasattr(runtime.datamodule, "trainer"):
+            runtime.datamodule.trainer = self.trainer  # as Lightning's data connector does
         super().attach(runtime)
 
     def connect_hook(self, runtime: Runtime, event: str, receiver: Callable[..., None]) -> None:

@@ -192,7 +192,6 @@ class TrainerFacade:
         self.fast_dev_run = False
         self.received_sigterm = False
         self.progress_bar_callback: Any = None
-        self.datamodule: Any = None
         self.profiler: Any = None
 
     def __repr__(self) -> str:
@@ -206,6 +205,11 @@ class TrainerFacade:
     @property
     def model(self) -> Any:
         return self._rt._train_model
+
+    @property
+    def datamodule(self) -> Any:
+        """The run's datamodule, or None when it was given loaders."""
+        return self._rt.datamodule
 
     # ------------------------------------------------------------------ loop position
     @property

@@ -270,3 +270,23 @@ def test_steps_and_batch_hooks_get_the_arguments_their_signatures_take() -> None
     assert busloop_module.calls == lightning_module.calls == [
         "validation_step", "on_validation_batch_end 0", "validation_step", "on_validation_batch_end 1",
     ]  # fmt: skip
+
+
+def test_the_datamodule_shares_the_facade_as_under_lightning() -> None:
+    """Lightning's data connector gives the datamodule the trainer; loaders may read it."""
+
+    class EpochAwareData(demos.BoringDataModule):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[tuple[str, int, bool]] = []
+
+        def train_dataloader(self) -> DataLoader[Any]:
+            self.seen.append(("train", self.trainer.current_epoch, self.trainer.datamodule is self))
+            return super().train_dataloader()
+
+    lightning_data, busloop_data = EpochAwareData(), EpochAwareData()
+    torch.manual_seed(0)
+    model = demos.BoringModel()
+    _lightning(max_epochs=1, limit_train_batches=2, limit_val_batches=1).fit(copy.deepcopy(model), datamodule=lightning_data)
+    _busloop(copy.deepcopy(model), epochs=1, limit_train_batches=2, limit_val_batches=1).fit(datamodule=busloop_data)
+    assert busloop_data.seen == lightning_data.seen == [("train", 0, True)]
