@@ -85,7 +85,7 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
             "pending_logs": runtime.metrics.pending("train"),
         },
         "state_dict": runtime.model.state_dict(),
-        "optimizer_states": [runtime.optimizer.state_dict()] if runtime.optimizer else [],
+        "optimizer_states": [optimizer.state_dict() for optimizer in runtime.optimizers],
         "lr_schedulers": [c.scheduler.state_dict() for c in runtime.lr_scheduler_configs],
         "scaler": runtime.scaler.state_dict() if runtime.scaler is not None else None,
         "accumulate_grad_batches": runtime.accumulate_grad_batches,
@@ -119,8 +119,8 @@ def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLik
         key = state_key(callback)
         if key in states and callable(getattr(callback, "load_state_dict", None)):
             callback.load_state_dict(states[key])  # type: ignore[attr-defined]
-    if runtime.optimizer is not None and checkpoint.get("optimizer_states"):
-        runtime.optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+    for optimizer, state in zip(runtime.optimizers, checkpoint.get("optimizer_states", []), strict=False):
+        optimizer.load_state_dict(state)
     for config, state in zip(runtime.lr_scheduler_configs, checkpoint.get("lr_schedulers", []), strict=False):
         config.scheduler.load_state_dict(state)
     if runtime.scaler is not None and checkpoint.get("scaler"):
