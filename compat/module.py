@@ -14,6 +14,12 @@ from Lightning's Trainer:
 - Hook order is Lightning's: callbacks first, then the module, except at
   ``train_epoch_end``, where callbacks with a ``monitor_role`` (checkpointing, early
   stopping) run after the module's hook, so a metric the module logs there is seen.
+- Optimization is Lightning's: ``self.optimizers()`` returns Lightning's ``LightningOptimizer``
+  wrappers; a module that optimizes manually, or overrides ``optimizer_step``,
+  ``optimizer_zero_grad``, ``backward`` or ``configure_gradient_clipping``, trains through
+  :mod:`compat.optimization` (decided once per fit); every other one keeps the loop's lean path.
+- The callbacks ``configure_callbacks`` returns join the run as Lightning adds them: replacing
+  callbacks of their type, checkpoint callbacks last.
 
 Lightning is imported only from the module's own class hierarchy (the user handed us a
 Lightning object, so it is installed); compat registers the bridge on import.
