@@ -61,3 +61,23 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
 def three_batches() -> tuple[Any, ...]:
     """One train loader of three batches of 16."""
     return (make_loader(48, batch_size=16),)
+
+
+class RecordsOptimizationHooks:
+    """A LightningModule mixin: appends the optimization hooks it sees to ``self.calls``
+    (``on_before_optimizer_step`` with the optimizer's index)."""
+
+    calls: list[Any]
+    trainer: Any
+
+    def on_before_zero_grad(self, optimizer: Any) -> None:
+        self.calls.append("on_before_zero_grad")
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self.calls.append("on_before_backward")
+
+    def on_after_backward(self) -> None:
+        self.calls.append("on_after_backward")
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.calls.append(("on_before_optimizer_step", self.trainer.optimizers.index(optimizer)))

@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 import torch
-from parity import assert_same_weights, busloop_runtime, fit_both, lightning_trainer, three_batches
+from parity import (
+    RecordsOptimizationHooks,
+    assert_same_weights,
+    busloop_runtime,
+    fit_both,
+    lightning_trainer,
+    three_batches,
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -24,7 +31,7 @@ demos = pytest.importorskip("lightning.pytorch.demos.boring_classes")
 
 
 # ---------------------------------------------------------------------- manual optimization
-class GAN(pl.LightningModule):
+class GAN(RecordsOptimizationHooks, pl.LightningModule):
     """Manual optimization with two optimizers and two schedulers, stepped by the module."""
 
     def __init__(self) -> None:
@@ -58,18 +65,6 @@ class GAN(pl.LightningModule):
         opt_d.step()
         self.untoggle_optimizer(opt_d)
         return {"loss": d_loss, "g_loss": g_loss}
-
-    def on_before_zero_grad(self, optimizer: Any) -> None:
-        self.calls.append("on_before_zero_grad")
-
-    def on_before_backward(self, loss: torch.Tensor) -> None:
-        self.calls.append("on_before_backward")
-
-    def on_after_backward(self) -> None:
-        self.calls.append("on_after_backward")
-
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
-        self.calls.append(("on_before_optimizer_step", self.trainer.optimizers.index(optimizer)))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         grads = outputs["loss"].requires_grad

@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 import torch
-from parity import assert_same_weights, busloop_runtime, fit_both, lightning_trainer, three_batches
+from parity import (
+    RecordsOptimizationHooks,
+    assert_same_weights,
+    busloop_runtime,
+    fit_both,
+    lightning_trainer,
+    three_batches,
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -27,7 +34,7 @@ LightningOptimizer = pytest.importorskip("lightning.pytorch.core.optimizer").Lig
 
 
 # ---------------------------------------------------------------------- automatic, with overrides
-class Net(pl.LightningModule):
+class Net(RecordsOptimizationHooks, pl.LightningModule):
     """A classifier that records the training hooks it sees, in order."""
 
     def __init__(self, lr: float = 0.1) -> None:
@@ -39,18 +46,6 @@ class Net(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         self.calls.append(("training_step", batch_idx))
         return F.cross_entropy(self.net(batch[0]), batch[1])
-
-    def on_before_zero_grad(self, optimizer: Any) -> None:
-        self.calls.append("on_before_zero_grad")
-
-    def on_before_backward(self, loss: torch.Tensor) -> None:
-        self.calls.append("on_before_backward")
-
-    def on_after_backward(self) -> None:
-        self.calls.append("on_after_backward")
-
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
-        self.calls.append(("on_before_optimizer_step", self.trainer.optimizers.index(optimizer)))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.calls.append(("on_train_batch_end", batch_idx, self.global_step, sorted(outputs)))
