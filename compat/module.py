@@ -14,6 +14,12 @@ from Lightning's Trainer:
 - Hook order is Lightning's: callbacks first, then the module, except at
   ``train_epoch_end``, where callbacks with a ``monitor_role`` (checkpointing, early
   stopping) run after the module's hook, so a metric the module logs there is seen.
+- Optimization is Lightning's: ``self.optimizers()`` returns Lightning's ``LightningOptimizer``
+  wrappers; a module that optimizes manually, or overrides ``optimizer_step``,
+  ``optimizer_zero_grad``, ``backward`` or ``configure_gradient_clipping``, trains through
+  :mod:`compat.optimization` (decided once per fit); every other one keeps the loop's lean path.
+- The callbacks ``configure_callbacks`` returns join the run as Lightning adds them: replacing
+  callbacks of their type, checkpoint callbacks last.
 
 Lightning is imported only from the module's own class hierarchy (the user handed us a
 Lightning object, so it is installed); compat registers the bridge on import.
@@ -22,13 +28,22 @@ Lightning object, so it is installed); compat registers the bridge on import.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from compat.optimization import (
+    OPTIMIZATION_HOOKS,
+    AutomaticOptimization,
+    LightningStrategy,
+    ManualOptimization,
+    check_manual_optimization,
+)
 from compat.trainer import TrainerFacade
+from runtime.callback import Callback
 from runtime.module import BRIDGES, ModuleBridge
+from runtime.resume import check_state_keys
 
 if TYPE_CHECKING:
     from runtime.core import RuntimeCore as Runtime
@@ -42,15 +57,22 @@ _PACKAGES = ("lightning.pytorch", "pytorch_lightning")
 _MONITORING_EVENT = "train_epoch_end"
 
 
-def lightning_base_classes(model: object) -> tuple[type, ...] | None:
-    """Lightning's module base classes when ``model`` is a real LightningModule, else None."""
+def lightning_package(model: object) -> str | None:
+    """The Lightning package whose ``LightningModule`` ``model`` is, or None."""
     for package in _PACKAGES:
         pl = sys.modules.get(package)
-        if pl is None or not isinstance(model, pl.LightningModule):
-            continue
-        hooks = sys.modules[f"{package}.core.hooks"]
-        return (pl.LightningModule, hooks.ModelHooks, hooks.DataHooks, hooks.CheckpointHooks, nn.Module)
+        if pl is not None and isinstance(model, pl.LightningModule):
+            return package
     return None
+
+
+def lightning_base_classes(model: object) -> tuple[type, ...] | None:
+    """Lightning's module base classes when ``model`` is a real LightningModule, else None."""
+    package = lightning_package(model)
+    if package is None:
+        return None
+    pl, hooks = sys.modules[package], sys.modules[f"{package}.core.hooks"]
+    return (pl.LightningModule, hooks.ModelHooks, hooks.DataHooks, hooks.CheckpointHooks, nn.Module)
 
 
 class LightningBridge(ModuleBridge):
@@ -59,9 +81,9 @@ class LightningBridge(ModuleBridge):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        bases = lightning_base_classes(model)
-        assert bases is not None, "LightningBridge.accepts was not consulted"
-        self.hook_bases = bases
+        package, bases = lightning_package(model), lightning_base_classes(model)
+        assert package is not None and bases is not None, "LightningBridge.accepts was not consulted"
+        self.package, self.hook_bases = package, bases
         self.trainer: TrainerFacade | None = None
 
     @classmethod
@@ -69,12 +91,28 @@ class LightningBridge(ModuleBridge):
         return lightning_base_classes(model) is not None
 
     def attach(self, runtime: Runtime) -> None:
-        """Attach the trainer facade, then connect hooks and route ``self.log``."""
+        """Attach the trainer facade (with Lightning's strategy API), add the callbacks the
+        module's ``configure_callbacks`` returns, then connect hooks and route ``self.log``."""
         self.trainer = TrainerFacade(runtime)
+        self.trainer.strategy = LightningStrategy(self.trainer, self.package)
         setattr(self.model, "trainer", self.trainer)  # noqa: B010  LightningModule's setter: children too
         if runtime.datamodule is not None and hasattr(runtime.datamodule, "trainer"):
             runtime.datamodule.trainer = self.trainer  # as Lightning's data connector does
+        configure_callbacks = self.overridden("configure_callbacks")
+        if configure_callbacks is not None:
+            add_model_callbacks(runtime, configure_callbacks(), self.package)
         super().attach(runtime)
+
+    def training_batch(self, runtime: Runtime) -> Callable[[Any, int, bool], dict[str, Any]] | None:
+        """Manual optimization, or Lightning's automatic one when the module overrides an
+        optimization hook; None (the loop's lean path) otherwise."""
+        assert self.trainer is not None and isinstance(self.trainer.strategy, LightningStrategy)
+        if not runtime.automatic_optimization:
+            check_manual_optimization(runtime)
+            return ManualOptimization(runtime, self.trainer.strategy)
+        if any(self.overridden(name) is not None for name in OPTIMIZATION_HOOKS):
+            return AutomaticOptimization(runtime, self.trainer.strategy)
+        return None
 
     def connect_hook(self, runtime: Runtime, event: str, receiver: Callable[..., None]) -> None:
         """After the callbacks; at ``train_epoch_end`` before the monitoring callbacks."""
@@ -85,6 +123,32 @@ class LightningBridge(ModuleBridge):
         signal.connect(receiver, weak=False)
         for callback_receiver in later:
             signal.connect(callback_receiver, weak=False)
+
+
+def add_model_callbacks(runtime: Runtime, returned: Any, package: str) -> None:
+    """Add what ``configure_callbacks`` returned as Lightning does: a returned callback replaces
+    the runtime's callbacks of its type (or a base of it), and checkpoint callbacks go last."""
+    if not returned:
+        return
+    added = list(returned) if isinstance(returned, Sequence) else [returned]
+    bases = {Callback, getattr(sys.modules.get(package), "Callback", Callback)}
+    replaced = {
+        type(c) for c in runtime.callbacks
+        if type(c) not in bases and any(issubclass(type(new), type(c)) for new in added)
+    }  # fmt: skip
+    merged = [c for c in runtime.callbacks if type(c) not in replaced] + added
+    checkpoint_base = getattr(sys.modules.get(f"{package}.callbacks"), "Checkpoint", None)
+
+    def is_checkpoint(callback: object) -> bool:
+        role = getattr(callback, "monitor_role", None) == "checkpoint"
+        return role or (checkpoint_base is not None and isinstance(callback, checkpoint_base))
+
+    merged = [c for c in merged if not is_checkpoint(c)] + [c for c in merged if is_checkpoint(c)]
+    check_state_keys(merged)
+    for callback in runtime.callbacks:
+        runtime.bus.unsubscribe(callback)
+    runtime.callbacks = merged
+    runtime.bus.subscribe_all(merged)
 
 
 def _monitors(receiver: Any) -> bool:

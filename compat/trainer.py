@@ -37,6 +37,14 @@ def _tensors(values: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v if isinstance(v, torch.Tensor) else torch.tensor(v) for k, v in values.items()}
 
 
+class _ClipAlgorithm(str):
+    """A clipping algorithm name with ``.value``, like Lightning's ``GradClipAlgorithmType``."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
 class TrainerState:
     """``trainer.state``: ``fn`` ("fit", "validate", "test", "predict"), ``stage``
     ("train", "sanity_check", "validate", "test", "predict") and ``status``."""
@@ -338,10 +346,7 @@ class TrainerFacade:
     # ------------------------------------------------------------------ optimization
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        optimizers = getattr(self._rt, "optimizers", None)
-        if optimizers is not None:
-            return list(optimizers)
-        return [self._rt.optimizer] if self._rt.optimizer is not None else []
+        return list(self._rt.optimizers)
 
     @property
     def lr_scheduler_configs(self) -> list[Any]:
@@ -350,6 +355,25 @@ class TrainerFacade:
     @lr_scheduler_configs.setter
     def lr_scheduler_configs(self, configs: list[Any]) -> None:
         self._rt.lr_scheduler_configs = configs
+
+    @property
+    def gradient_clip_val(self) -> float | None:
+        return self._rt.config.trainer.gradient_clip_val
+
+    @property
+    def gradient_clip_algorithm(self) -> str | None:
+        """"value" when clipping by value is configured, else None: what Lightning's trainer
+        holds without ``gradient_clip_algorithm`` (clipping then means "norm"). busloop's
+        config cannot tell a "norm" the user wrote from its default, so it answers None."""
+        cfg = self._rt.config.trainer
+        if cfg.gradient_clip_val is None or cfg.gradient_clip_algorithm != "value":
+            return None
+        return _ClipAlgorithm(cfg.gradient_clip_algorithm)
+
+    @property
+    def precision_plugin(self) -> Any:
+        """The strategy's precision plugin (compat.optimization's, for a LightningModule)."""
+        return getattr(self.strategy, "precision_plugin", None)
 
     # ------------------------------------------------------------------ ranks and devices
     @property

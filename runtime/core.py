@@ -26,7 +26,7 @@ from runtime import distributed as dist
 from runtime.bus import Bus
 from runtime.checkpoint import save_checkpoint
 from runtime.config import Config, ConfigError, config_to_dict, load_config
-from runtime.data import move_to_device, num_batches
+from runtime.data import num_batches
 from runtime.devices import autocast_for, select_device
 from runtime.metrics import MetricStore
 from runtime.module import bridge_for, plain_loss, resolve_loss
@@ -76,7 +76,14 @@ class RuntimeCore:
         self.optimizer_spec: Any = optimizer if optimizer is not None else self.config.optimizer
         """What the optimizer is built from (object, factory or spec); None: configure_optimizers."""
         self.scheduler_spec: Any = scheduler if scheduler is not None else self.config.scheduler
+        self.optimizers: list[torch.optim.Optimizer] = []
+        """Every optimizer of the run, in ``configure_optimizers`` order (several only when the
+        model optimizes manually)."""
         self.optimizer: torch.optim.Optimizer | None = None
+        """The first of :attr:`optimizers`: the one automatic optimization steps."""
+        self.automatic_optimization = True
+        """False while a model with ``automatic_optimization = False`` trains: its training_step
+        steps the optimizers, and schedulers are never stepped by the loop (as in Lightning)."""
         self.lr_scheduler_configs: list[SchedulerConfig] = []
         self.scaler: torch.amp.GradScaler | None = None
         self.accumulate_grad_batches: int = cfg.accumulate_grad_batches or 1
@@ -98,6 +105,12 @@ class RuntimeCore:
         self._training_step: Callable[[Any, int], Any] = (
             self._bridge.step("training") or self._plain_training_step
         )
+        self._batch_override: Callable[[Any, int, bool], dict[str, Any]] | None = None
+        """The bridge's training-batch function for models that override optimization hooks
+        or optimize manually (chosen once per fit); None runs the loop's lean one."""
+        self._transfer: Callable[[Any], Any] | None = None
+        """Moves a batch to the device (with the model's batch-transfer hooks); None on CPU
+        when the model has no such hooks (chosen once per run)."""
         self.metrics = MetricStore(self.state, self.device)
         """What ``log`` records; reduced per epoch into ``state.metrics``."""
         self._epoch_rng: dict[str, Any] | None = None
@@ -199,6 +212,7 @@ class RuntimeCore:
             self._open_tracker()
             self._bridge.attach(self)
             self.model.to(self.device)
+            self._transfer = self._bridge.batch_transfer(self.device)
         st.stage = stage
         self.metrics.clear()
         try:
@@ -271,11 +285,18 @@ class RuntimeCore:
                     "plain nn.Module with a loss"
                 )
         if self.optimizer is None:
-            self.optimizer, self.lr_scheduler_configs = configure_optimization(self)
+            self.optimizers, self.lr_scheduler_configs = configure_optimization(self)
+            self.optimizer = self.optimizers[0]
+        elif self.optimizer not in self.optimizers:  # set from outside: it is the run's optimizer
+            self.optimizers = [self.optimizer]
         if self.config.trainer.precision == "16-mixed" and self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.device.type)
+        self.automatic_optimization = getattr(self.model, "automatic_optimization", True) is not False
+        self._batch_override = self._bridge.training_batch(self)
 
     def _step_schedulers(self, interval: str, index: int, *, plateau: bool = False) -> None:
+        if not self.automatic_optimization:  # manual optimization steps its own schedulers
+            return
         step_schedulers(self.lr_scheduler_configs, interval, index, self.state.metrics, plateau=plateau)
 
     def _val_check_batches(self, n: int) -> int:
@@ -298,7 +319,7 @@ class RuntimeCore:
         return max_steps is not None and self.state.global_step >= max_steps
 
     def _to_device(self, batch: Any) -> Any:
-        return batch if self.device.type == "cpu" else move_to_device(batch, self.device)
+        return batch if self._transfer is None else self._transfer(batch)
 
     def _restore(self, path: str | os.PathLike[str]) -> None:
         """Load a checkpoint: datamodule state, weights, optimizers/schedulers/scaler, callbacks,

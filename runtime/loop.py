@@ -23,7 +23,7 @@ import torch
 
 from runtime.checkpoint import isolated_rng
 from runtime.core import RuntimeCore, as_count
-from runtime.data import iterate, move_to_device, num_batches
+from runtime.data import iterate, num_batches
 from runtime.datamodule import as_datamodule, fit_loaders, loader_of, prepare_and_setup
 from runtime.datamodule import teardown as teardown_datamodule
 from runtime.devices import seed_everything
@@ -138,16 +138,17 @@ class Runtime(RuntimeCore):
         if resume is not None and resume.val_pending and val_loader is not None and validates:
             self._validation_block(val_loader)  # due after the checkpointed batch, not yet run
 
-        # Per-batch work reads locals: see _training_batch on why the hot path is kept lean.
+        # Per-batch work reads locals: see _training_batch on why the hot path is kept lean. A
+        # model that overrides optimization hooks or optimizes manually brings its own batch
+        # function (chosen once, in _configure_optimization); every other model runs the lean one.
         batch_start, batch_end = ev.train_batch_start, ev.train_batch_end
-        training_batch, device = self._training_batch, self.device
-        on_device = device.type != "cpu"
+        training_batch, transfer = self._batch_override or self._training_batch, self._transfer
         log_every, last_logged = cfg.log_every_n_steps, self._logged_step
         max_steps = math.inf if st.max_steps is None else st.max_steps
         self._val_pending = False
         for batch_idx, batch in zip(range(skip, n), batches, strict=False):  # range first: no extra fetch
-            if on_device:
-                batch = move_to_device(batch, device)
+            if transfer is not None:  # to the device, through the model's batch-transfer hooks
+                batch = transfer(batch)
             metrics.batch, metrics.batch_size = batch, None
             if batch_start.dispatch: batch_start.emit(self, batch=batch, batch_idx=batch_idx)  # noqa: E701
             outputs = training_batch(batch, batch_idx, batch_idx + 1 == n)

@@ -10,6 +10,7 @@ hooks first, then the module's).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from runtime.data import move_to_device
 from runtime.errors import ConfigError
 from runtime.names import resolve_import
 from runtime.registry import load_extensions
@@ -44,6 +46,9 @@ MODULE_HOOKS: dict[str, str] = {
         for when in ("start", "end", "epoch_start", "epoch_end", "batch_start", "batch_end")
     },
 }
+
+#: Lightning's batch-transfer hooks, in the order it calls them (before on_*_batch_start).
+_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
 #: Eval-stage batch hooks: Lightning passes ``dataloader_idx`` only with several loaders.
 _EVAL_BATCH_HOOKS = frozenset(
@@ -141,6 +146,40 @@ class ModuleBridge:
             if method is not None:
                 label = f"{type(self.model).__name__}.{name}"
                 yield event, _positional_receiver(method, label, drop_last=event in _EVAL_BATCH_HOOKS)
+
+    def training_batch(self, runtime: Runtime) -> Callable[[Any, int, bool], dict[str, Any]] | None:
+        """The function that trains one batch instead of the loop's lean ``_training_batch``,
+        asked once per fit after the optimizers exist; None keeps the lean one.
+
+        The base bridge drives every model through the lean path. Manual optimization needs
+        what only a Lightning bridge offers (``self.optimizers()``, ``self.manual_backward``).
+        """
+        if not runtime.automatic_optimization:
+            raise ConfigError(
+                f"{type(self.model).__name__} sets automatic_optimization = False: manual "
+                "optimization needs a real LightningModule (self.optimizers(), "
+                "self.manual_backward), which busloop drives when Lightning is installed"
+            )
+        return None
+
+    def batch_transfer(self, device: torch.device) -> Callable[[Any], Any] | None:
+        """How a batch reaches ``device``: through the model's ``on_before_batch_transfer``,
+        ``transfer_batch_to_device`` and ``on_after_batch_transfer`` when it overrides any (with
+        Lightning's arguments, ``dataloader_idx`` 0), else ``move_to_device``; None when there
+        is nothing to do (CPU, no hooks), so the loop skips the call."""
+        before, transfer, after = (
+            self.overridden(name) if self.lightning_style else None for name in _TRANSFER_HOOKS
+        )
+        if before is None and transfer is None and after is None:
+            return None if device.type == "cpu" else functools.partial(move_to_device, device=device)
+
+        def apply(batch: Any) -> Any:
+            if before is not None:
+                batch = before(batch, 0)
+            batch = move_to_device(batch, device) if transfer is None else transfer(batch, device, 0)
+            return batch if after is None else after(batch, 0)
+
+        return apply
 
     def attach(self, runtime: Runtime) -> None:
         """Connect the model's hooks (after the callbacks) and route its ``log`` calls."""

@@ -1,6 +1,7 @@
 """Optimizers and schedulers: objects, factories, ``{name, params}`` specs, or Lightning's
-``configure_optimizers`` return values, all turned into one optimizer and a list of
-:class:`SchedulerConfig` (Lightning's ``lr_scheduler_configs`` shape)."""
+``configure_optimizers`` return values, all turned into a list of optimizers (one, unless the
+model optimizes manually) and a list of :class:`SchedulerConfig` (Lightning's
+``lr_scheduler_configs`` shape)."""
 
 from __future__ import annotations
 
@@ -140,41 +141,81 @@ def _config_for(scheduler: Any, **options: Any) -> SchedulerConfig:
 
 
 def parse_configure_optimizers(
-    result: Any,
-) -> tuple[torch.optim.Optimizer, list[SchedulerConfig]]:
-    """Normalise every return shape of Lightning's ``configure_optimizers`` (one optimizer)."""
-    optimizers: list[Any]
-    schedulers: list[Any] = []
-    if isinstance(result, torch.optim.Optimizer):
-        optimizers = [result]
-    elif isinstance(result, Mapping):
-        optimizers = [result["optimizer"]]
-        if result.get("lr_scheduler") is not None:
-            lr = result["lr_scheduler"]
-            if isinstance(lr, Mapping):
-                schedulers = [dict(lr)]
-            else:
-                schedulers = [{"scheduler": lr, "monitor": result.get("monitor")}]
-    elif isinstance(result, list | tuple) and len(result) == 2 and isinstance(result[0], list | tuple):
-        optimizers, schedulers = list(result[0]), list(result[1])
-    elif isinstance(result, list | tuple):
-        optimizers = list(result)
-    else:
-        raise OptimizationError(f"configure_optimizers returned an unsupported value: {result!r}")
-    if len(optimizers) != 1:
+    result: Any, *, automatic: bool = True
+) -> tuple[list[torch.optim.Optimizer], list[SchedulerConfig]]:
+    """Normalise every return shape of Lightning's ``configure_optimizers``.
+
+    Accepted, as in Lightning: an optimizer; a list or tuple of optimizers; ``([optimizers],
+    [schedulers])`` (or one scheduler); ``{"optimizer", "lr_scheduler", "monitor"}``; a list
+    or tuple of such dicts. A scheduler is an object or Lightning's ``{"scheduler", "interval",
+    "frequency", "monitor", "name", "strict"}`` dict. Each :class:`SchedulerConfig` gets the
+    ``opt_idx`` of the optimizer it schedules. ``automatic`` (the module's
+    ``automatic_optimization``) allows one optimizer only, as Lightning does.
+    """
+    optimizers, schedulers = _split_optimizers(result)
+    if automatic and len(optimizers) > 1:
         raise OptimizationError(
-            f"configure_optimizers returned {len(optimizers)} optimizers; busloop's automatic "
-            "optimization uses exactly one"
+            f"configure_optimizers returned {len(optimizers)} optimizers: training with several "
+            "optimizers needs manual optimization. Set `self.automatic_optimization = False` and "
+            "step them in training_step with `opt1, opt2 = self.optimizers()` (Lightning's rule)"
         )
-    optimizer = optimizers[0]
     configs: list[SchedulerConfig] = []
     for item in schedulers:
         if isinstance(item, Mapping):
             item = {k: v for k, v in item.items() if v is not None}
-            configs.extend(build_schedulers(item, optimizer))
+            if "scheduler" not in item:
+                raise OptimizationError(
+                    f"configure_optimizers: a scheduler dict needs the key 'scheduler'; got {sorted(item)}"
+                )
+            configs.append(_config_for(item.pop("scheduler"), **item))
         else:
             configs.append(_config_for(item))
-    return optimizer, configs
+    for config in configs:
+        owner = getattr(config.scheduler, "optimizer", None)
+        indices = [i for i, optimizer in enumerate(optimizers) if optimizer is owner]
+        if not indices:
+            raise OptimizationError(
+                f"configure_optimizers: the scheduler {type(config.scheduler).__name__} is attached "
+                "to an optimizer that configure_optimizers did not return"
+            )
+        config.opt_idx = indices[0]
+    return optimizers, configs
+
+
+def _split_optimizers(result: Any) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+    """``(optimizers, schedulers)`` from a ``configure_optimizers`` value (schedulers raw)."""
+    if isinstance(result, torch.optim.Optimizer):
+        return [result], []
+    if isinstance(result, Mapping):
+        return [_optimizer_of(result)], _schedulers_of(result)
+    if isinstance(result, list | tuple) and len(result) == 2 and isinstance(result[0], list | tuple):
+        schedulers = result[1]
+        return list(result[0]), list(schedulers) if isinstance(schedulers, list | tuple) else [schedulers]
+    if isinstance(result, list | tuple) and result and all(isinstance(d, Mapping) for d in result):
+        return [_optimizer_of(d) for d in result], [s for d in result for s in _schedulers_of(d)]
+    if isinstance(result, list | tuple) and result and all(isinstance(o, torch.optim.Optimizer) for o in result):
+        return list(result), []
+    raise OptimizationError(
+        f"configure_optimizers returned an unsupported value: {result!r}. Return an optimizer, "
+        "a list of optimizers, ([optimizers], [schedulers]), {'optimizer': ..., 'lr_scheduler': "
+        "...} or a list of such dicts"
+    )
+
+
+def _optimizer_of(conf: Mapping[str, Any]) -> torch.optim.Optimizer:
+    if "optimizer" not in conf:
+        raise OptimizationError(f"configure_optimizers: a dict needs the key 'optimizer'; got {sorted(conf)}")
+    return conf["optimizer"]  # type: ignore[no-any-return]
+
+
+def _schedulers_of(conf: Mapping[str, Any]) -> list[Any]:
+    """The scheduler of one ``{"optimizer", "lr_scheduler", "monitor"}`` dict, as a list."""
+    lr = conf.get("lr_scheduler")
+    if lr is None:
+        return []
+    if isinstance(lr, Mapping):
+        return [dict(lr)]
+    return [{"scheduler": lr, "monitor": conf.get("monitor")}]
 
 
 _BASE_ZERO_GRAD = torch.optim.Optimizer.zero_grad
@@ -215,16 +256,18 @@ def plateau_value(metrics: Mapping[str, float], config: SchedulerConfig) -> floa
 Factory = Callable[..., Any]
 
 
-def configure_optimization(runtime: Any) -> tuple[torch.optim.Optimizer, list[SchedulerConfig]]:
-    """The run's optimizer and schedulers, from the first of these that ``runtime`` has:
-    a training strategy, the model's ``configure_optimizers`` (when no optimizer is given),
-    the optimizer / scheduler given to the Runtime or named in the config."""
+def configure_optimization(runtime: Any) -> tuple[list[torch.optim.Optimizer], list[SchedulerConfig]]:
+    """The run's optimizers and schedulers, from the first of these that ``runtime`` has:
+    a training strategy, the model's ``configure_optimizers`` (when no optimizer is given;
+    several optimizers only with ``automatic_optimization = False``), the optimizer /
+    scheduler given to the Runtime or named in the config."""
     if runtime.training_strategy is not None:
         optimizer, schedulers = runtime.training_strategy.configure_optimizers(runtime)
-        return optimizer, build_schedulers(schedulers, optimizer)
+        return [optimizer], build_schedulers(schedulers, optimizer)
     configure = getattr(runtime.model, "configure_optimizers", None)
     if runtime.optimizer_spec is None and callable(configure):
-        return parse_configure_optimizers(configure())
+        automatic = getattr(runtime.model, "automatic_optimization", True) is not False
+        return parse_configure_optimizers(configure(), automatic=automatic)
     if runtime.optimizer_spec is None:
         raise ConfigError(
             "optimizer: none given; pass Runtime(optimizer=...), set config "
@@ -232,7 +275,7 @@ def configure_optimization(runtime: Any) -> tuple[torch.optim.Optimizer, list[Sc
             "configure_optimizers on the model"
         )
     optimizer = build_optimizer(runtime.optimizer_spec, runtime.model)
-    return optimizer, build_schedulers(runtime.scheduler_spec, optimizer)
+    return [optimizer], build_schedulers(runtime.scheduler_spec, optimizer)
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, value: float, algorithm: str) -> None:

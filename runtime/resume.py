@@ -94,7 +94,7 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
             "pending_logs": runtime.metrics.pending("train"),
         },
         "state_dict": runtime.model.state_dict(),
-        "optimizer_states": [optimizer.state_dict() for optimizer in _optimizers(runtime)],
+        "optimizer_states": [optimizer.state_dict() for optimizer in runtime.optimizers],
         "lr_schedulers": [c.scheduler.state_dict() for c in runtime.lr_scheduler_configs],
         "scaler": runtime.scaler.state_dict() if runtime.scaler is not None else None,
         "accumulate_grad_batches": runtime.accumulate_grad_batches,
@@ -130,14 +130,6 @@ def _lightning_entries(runtime: Runtime, epoch_done: bool) -> dict[str, Any]:
     if runtime.scaler is not None:
         entries["MixedPrecision"] = runtime.scaler.state_dict()  # Lightning's precision plugin key
     return entries
-
-
-def _optimizers(runtime: Runtime) -> list[Any]:
-    """The runtime's optimizers in order (``runtime.optimizers``, else the one optimizer)."""
-    optimizers = getattr(runtime, "optimizers", None)
-    if isinstance(optimizers, list | tuple):
-        return list(optimizers)
-    return [runtime.optimizer] if runtime.optimizer is not None else []
 
 
 def load_for_resume(runtime: Runtime, path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -206,7 +198,7 @@ def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLik
 
 def _load_optimizers(runtime: Runtime, states: list[Any], path: str | os.PathLike[str]) -> None:
     """Load the saved optimizer states in order; a different count or shape names the file."""
-    optimizers = _optimizers(runtime)
+    optimizers = runtime.optimizers
     if not states:
         return
     if len(states) != len(optimizers):
