@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from compat.trainer import TrainerFacade, _Strategy
+from compat.trainer import TrainerFacade
+from compat.trainer_views import Strategy
 from runtime.errors import ConfigError
 from runtime.module import step_loss
 from runtime.optim import OptimizationError, clip_gradients
@@ -69,7 +70,7 @@ class PrecisionPlugin:
         clip_gradients(optimizer, clip_val, "value" if gradient_clip_algorithm == "value" else "norm")
 
 
-class LightningStrategy(_Strategy):
+class LightningStrategy(Strategy):
     """``trainer.strategy`` for a LightningModule: the facade's collectives plus what
     ``LightningOptimizer.step``, ``self.optimizers()`` and ``self.manual_backward`` call."""
 

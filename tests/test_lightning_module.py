@@ -222,6 +222,26 @@ def test_lightning_lstm_demo_is_bitwise_equal_over_two_epochs() -> None:
     assert by_busloop.hidden is None  # the module's on_train_epoch_end ran
 
 
+def test_lightning_transformer_demo_matches_lightning() -> None:
+    """Lightning's demo Transformer (dropout on: the random streams must line up too)."""
+    transformer = pytest.importorskip("lightning.pytorch.demos.transformer")
+
+    class TransformerWithoutDownload(transformer.LightningTransformer):  # type: ignore[misc,name-defined]
+        def prepare_data(self) -> None:  # the demo downloads WikiText-2 here
+            pass
+
+    torch.manual_seed(0)
+    module = TransformerWithoutDownload(vocab_size=50)
+    by_lightning, by_busloop = copy.deepcopy(module), copy.deepcopy(module)
+    torch.manual_seed(5)
+    _lightning(max_epochs=2, limit_train_batches=6).fit(by_lightning, DataLoader(Tokens(), batch_size=4))
+    torch.manual_seed(5)
+    _busloop(by_busloop, epochs=2, limit_train_batches=6).fit(DataLoader(Tokens(), batch_size=4))
+    _assert_same_weights(by_lightning, by_busloop, atol=1e-6)
+    with pytest.raises(AssertionError):  # and both trained
+        _assert_same_weights(module, by_busloop, atol=1e-6)
+
+
 def test_boring_model_and_demo_model_match_lightning() -> None:
     """BoringModel (list-of-optimizers + StepLR) and DemoModel (``training_step(batch, batch_nb)``)."""
     torch.manual_seed(0)
