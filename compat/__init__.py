@@ -8,7 +8,14 @@ import, working with Lightning absent.
 
 from compat.gradient_accumulation import GradientAccumulationScheduler
 from compat.model_checkpoint import ModelCheckpoint
+from compat.swa import StochasticWeightAveraging
 from compat.module import LightningBridge
 from compat.trainer import TrainerFacade
 
-__all__ = ["GradientAccumulationScheduler", "LightningBridge", "ModelCheckpoint", "TrainerFacade"]
+__all__ = [
+    "GradientAccumulationScheduler",
+    "LightningBridge",
+    "ModelCheckpoint",
+    "StochasticWeightAveraging",
+    "TrainerFacade",
+]
