@@ -8,6 +8,7 @@ import, working with Lightning absent.
 
 from compat.gradient_accumulation import GradientAccumulationScheduler
 from compat.model_checkpoint import ModelCheckpoint
+from compat.model_pruning import ModelPruning
 from compat.swa import StochasticWeightAveraging
 from compat.module import LightningBridge
 from compat.trainer import TrainerFacade
@@ -16,6 +17,7 @@ __all__ = [
     "GradientAccumulationScheduler",
     "LightningBridge",
     "ModelCheckpoint",
+    "ModelPruning",
     "StochasticWeightAveraging",
     "TrainerFacade",
 ]
