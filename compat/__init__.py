@@ -6,6 +6,8 @@ import, working with Lightning absent.
 >>> from compat import ModelCheckpoint, GradientAccumulationScheduler
 """
 
+from compat.device_stats_monitor import DeviceStatsMonitor
+from compat.gpu_stats_monitor import GPUStatsMonitor
 from compat.gradient_accumulation import GradientAccumulationScheduler
 from compat.model_checkpoint import ModelCheckpoint
 from compat.model_pruning import ModelPruning
@@ -14,6 +16,8 @@ from compat.module import LightningBridge
 from compat.trainer import TrainerFacade
 
 __all__ = [
+    "DeviceStatsMonitor",
+    "GPUStatsMonitor",
     "GradientAccumulationScheduler",
     "LightningBridge",
     "ModelCheckpoint",

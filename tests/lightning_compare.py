@@ -41,6 +41,10 @@ class BNModule(pl.LightningModule):
         x, y = batch
         self.log("val_loss", nn.functional.cross_entropy(self(x), y))
 
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("test_loss", nn.functional.cross_entropy(self(x), y))
+
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
         if not self.use_scheduler:
