@@ -11,8 +11,9 @@ from compat.gpu_stats_monitor import GPUStatsMonitor
 from compat.gradient_accumulation import GradientAccumulationScheduler
 from compat.model_checkpoint import ModelCheckpoint
 from compat.model_pruning import ModelPruning
-from compat.swa import StochasticWeightAveraging
 from compat.module import LightningBridge
+from compat.rich_model_summary import RichModelSummary
+from compat.swa import StochasticWeightAveraging
 from compat.trainer import TrainerFacade
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "LightningBridge",
     "ModelCheckpoint",
     "ModelPruning",
+    "RichModelSummary",
     "StochasticWeightAveraging",
     "TrainerFacade",
 ]

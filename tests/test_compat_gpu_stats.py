@@ -16,13 +16,11 @@ from typing import Any
 
 import pytest
 import torch
+from lightning_compare import CaptureTracker  # noqa: E402  (no Lightning needed: the tracker only)
 
 from compat import GPUStatsMonitor
 from conftest import make_loader, make_model
 from runtime import Runtime
-
-from lightning_compare import CaptureTracker  # noqa: E402  (no Lightning needed: the tracker only)
-
 
 OPTIMIZER = {"optimizer": {"name": "SGD", "params": {"lr": 0.1}}}
 
