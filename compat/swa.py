@@ -45,6 +45,11 @@ def _mean(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Ten
     return averaged + (current - averaged) / (num_averaged + 1)
 
 
+def _key(name: str, average: dict[str, torch.Tensor]) -> str:
+    """The averaged entry of parameter ``name`` (a pruned ``weight_orig`` is ``weight``)."""
+    return name if name in average else name.removesuffix("_orig")
+
+
 @register()
 class StochasticWeightAveraging(Callback):
     """Average the weights of the last epochs (SWA) with an annealed constant learning rate.
@@ -188,7 +193,7 @@ class StochasticWeightAveraging(Callback):
         n = self.n_averaged
         with torch.no_grad():
             for name, param in model.named_parameters():
-                averaged = self._average[name]
+                averaged = self._average[_key(name, self._average)]
                 current = param.detach().to(averaged.device)
                 averaged.copy_(current if n == 0 else self._avg_fn(averaged, current, n.to(averaged.device)))
         n += 1
@@ -197,7 +202,7 @@ class StochasticWeightAveraging(Callback):
         assert self._average is not None
         with torch.no_grad():
             for name, param in model.named_parameters():
-                param.detach().copy_(self._average[name].to(param.device))
+                param.detach().copy_(self._average[_key(name, self._average)].to(param.device))
 
     def _update_batch_norm(self, runtime: Any) -> None:
         """Recompute batch-norm statistics over the training data with the averaged weights."""
