@@ -166,7 +166,7 @@ class StochasticWeightAveraging(Callback):
         max_epochs = self._max_epochs + (1 if self._has_batch_norm else 0)
         self._swa_scheduler = SWALR(
             optimizer,
-            swa_lr=self._swa_lrs,
+            swa_lr=self._swa_lrs,  # type: ignore[arg-type]  # SWALR takes one lr per group too
             anneal_epochs=self._annealing_epochs,
             anneal_strategy=self._annealing_strategy,  # type: ignore[arg-type]
             last_epoch=max_epochs if self._annealing_strategy == "cos" else -1,
