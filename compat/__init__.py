@@ -6,9 +6,24 @@ import, working with Lightning absent.
 >>> from compat import ModelCheckpoint, GradientAccumulationScheduler
 """
 
+from compat.device_stats_monitor import DeviceStatsMonitor
+from compat.gpu_stats_monitor import GPUStatsMonitor
 from compat.gradient_accumulation import GradientAccumulationScheduler
 from compat.model_checkpoint import ModelCheckpoint
+from compat.model_pruning import ModelPruning
 from compat.module import LightningBridge
+from compat.rich_model_summary import RichModelSummary
+from compat.swa import StochasticWeightAveraging
 from compat.trainer import TrainerFacade
 
-__all__ = ["GradientAccumulationScheduler", "LightningBridge", "ModelCheckpoint", "TrainerFacade"]
+__all__ = [
+    "DeviceStatsMonitor",
+    "GPUStatsMonitor",
+    "GradientAccumulationScheduler",
+    "LightningBridge",
+    "ModelCheckpoint",
+    "ModelPruning",
+    "RichModelSummary",
+    "StochasticWeightAveraging",
+    "TrainerFacade",
+]

@@ -45,7 +45,6 @@ from callbacks.progress.console import (
     PRINTED_ATTR,
     ConsoleOutput,
     EchoFilter,
-    human_count,
     install_echo_filter,
     plain_table,
 )
@@ -60,6 +59,7 @@ from callbacks.progress.report import report_plain as report_plain
 from callbacks.progress.report import report_rich as report_rich
 from callbacks.progress.rich_bar import LuxonisRichProgressBar
 from callbacks.progress.tqdm_bar import LuxonisTQDMProgressBar
+from compat.summary_data import human_count
 
 __all__ = [
     "PRINTED_ATTR",

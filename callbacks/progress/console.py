@@ -63,21 +63,6 @@ def format_value(value: float, decimals: int = _DECIMALS) -> str:
     return f"{value:.{decimals}f}"
 
 
-def human_count(number: int | float) -> str:
-    """Lightning's parameter count format: ``123``, ``1.2 K``, ``3.4 M``, ``5.0 B``, ``400 T``."""
-    number = float(number)
-    units = ["", "K", "M", "B", "T"]
-    index = 0
-    while abs(number) >= 1000 and index < len(units) - 1:
-        number /= 1000
-        index += 1
-    if index == 0:
-        return f"{int(number):,d}"
-    if number >= 100:
-        return f"{int(number):,d} {units[index]}"
-    return f"{number:,.1f} {units[index]}"
-
-
 def plain_table(
     headers: Sequence[str],
     rows: Sequence[Sequence[str]],
