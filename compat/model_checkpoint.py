@@ -11,8 +11,8 @@ busloop choices:
 - A save is written first and the callback's state committed only when the write succeeded
   (the file being written already holds the new state); files that left the top k are
   deleted last, so a failed write never loses the previous best.
-- Every file written emits ``checkpoint_written(path, monitor, score)``; a top-k file carries
-  the monitor and its score, ``last`` files and ``monitor=None`` saves carry ``None``.
+- Every file written emits ``checkpoint_written(path, monitor, score)`` (monitor and score
+  None for ``last`` files and ``monitor=None`` saves).
 - A ``monitor`` that was never logged is a warning (once), not an error: a misnamed metric
   must not end a long run (Lightning raises once validation has run).
 - ``on_train_batch_end`` is connected only when ``every_n_train_steps`` or
@@ -25,7 +25,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -34,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 
+from compat.checkpoint_files import as_timedelta, fill_template, link_checkpoint, monitor_candidates
 from compat.collective import agree
 from runtime import distributed as dist
 from runtime.callback import Callback
@@ -47,20 +47,9 @@ __all__ = ["ModelCheckpoint"]
 
 #: What a ``save_weights_only`` file keeps of a full checkpoint.
 _WEIGHTS_ONLY_KEYS = ("busloop_format", "epoch", "global_step", "state_dict", "versions")
-
-
-def _as_timedelta(value: Any) -> timedelta | None:
-    """``train_time_interval`` as a timedelta: a timedelta, a dict of its fields, or seconds."""
-    if value is None or isinstance(value, timedelta):
-        return value
-    if isinstance(value, dict):
-        return timedelta(**value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    raise ValueError(
-        f"ModelCheckpoint: train_time_interval must be a timedelta, a dict like "
-        f"{{'minutes': 30}} or seconds, got {value!r}"
-    )
+#: The attributes a save changes, restored when its write fails.
+_STATE = ("best_k_models", "kth_best_model_path", "kth_value", "best_model_path", "best_model_score",
+          "current_score", "last_model_path")
 
 
 @register()
@@ -120,7 +109,7 @@ class ModelCheckpoint(Callback):
             every_n_epochs, every_n_train_steps = 1, 0
         self._every_n_epochs: int = every_n_epochs or 0
         self._every_n_train_steps: int = every_n_train_steps or 0
-        self._train_time_interval = _as_timedelta(train_time_interval)
+        self._train_time_interval = as_timedelta(train_time_interval)
         self._validate()
 
         self.current_score: torch.Tensor | None = None
@@ -139,7 +128,6 @@ class ModelCheckpoint(Callback):
     def _validate(self) -> None:
         def bad(problem: str) -> ValueError:
             return ValueError(f"ModelCheckpoint: {problem}")
-
         if not isinstance(self.save_top_k, int) or self.save_top_k < -1:
             raise bad(f"save_top_k must be an int >= -1, got {self.save_top_k!r}")
         if self._every_n_train_steps < 0:
@@ -198,7 +186,7 @@ class ModelCheckpoint(Callback):
             return
         if not skip_time:
             self._last_time_checked = now
-        candidates = self._monitor_candidates(runtime)
+        candidates = monitor_candidates(runtime.state)
         if self.monitor is not None and self.monitor not in candidates:
             self._defer_save_until_validation = True
             return
@@ -222,7 +210,7 @@ class ModelCheckpoint(Callback):
         if self._should_skip(runtime) or self._should_save_on_train_epoch_end(runtime):
             return
         if self._defer_save_until_validation:
-            candidates = self._monitor_candidates(runtime)
+            candidates = monitor_candidates(runtime.state)
             self._save_topk(runtime, candidates)
             self._save_last(runtime, candidates)
             self._defer_save_until_validation = False
@@ -233,7 +221,7 @@ class ModelCheckpoint(Callback):
         st = runtime.state
         if not self.save_on_exception or st.sanity_checking or self._last_global_step_saved == st.global_step:
             return
-        candidates = self._monitor_candidates(runtime)
+        candidates = monitor_candidates(runtime.state)
         path = self.format_checkpoint_name(candidates)
         self._write(runtime, path, None, None)
         self._save_last(runtime, candidates)
@@ -241,7 +229,7 @@ class ModelCheckpoint(Callback):
 
     def on_train_end(self, runtime: Runtime) -> None:
         if self.save_last and not self._last_checkpoint_saved:
-            self._save_last(runtime, self._monitor_candidates(runtime))
+            self._save_last(runtime, monitor_candidates(runtime.state))
 
     # ------------------------------------------------------------------ decisions
     def _should_skip(self, runtime: Runtime) -> bool:
@@ -260,22 +248,13 @@ class ModelCheckpoint(Callback):
 
     def _save_epoch(self, runtime: Runtime) -> None:
         """The epoch-end save: top k every ``every_n_epochs``, then ``last`` after any save."""
-        candidates = self._monitor_candidates(runtime)
+        candidates = monitor_candidates(runtime.state)
         if self._every_n_epochs >= 1 and (runtime.state.epoch + 1) % self._every_n_epochs == 0:
             self._save_topk(runtime, candidates)
         if self._last_global_step_saved == runtime.state.global_step or (
             self.save_last == "link" and self._last_checkpoint_saved
         ):
             self._save_last(runtime, candidates)
-
-    def _monitor_candidates(self, runtime: Runtime) -> dict[str, torch.Tensor]:
-        """``callback_metrics`` as tensors, plus ``epoch`` and ``step`` (what names format from)."""
-        st = runtime.state
-        candidates = {k: v.detach().clone() if isinstance(v, torch.Tensor) else torch.tensor(v) for k, v in st.metrics.items()}
-        epoch, step = candidates.get("epoch"), candidates.get("step")
-        candidates["epoch"] = epoch.int() if epoch is not None else torch.tensor(st.epoch)
-        candidates["step"] = step.int() if step is not None else torch.tensor(st.global_step)
-        return candidates
 
     def check_monitor_top_k(self, runtime: Runtime, current: torch.Tensor | None = None) -> bool:
         """Whether ``current`` makes it into the top k (all ranks agree)."""
@@ -353,16 +332,14 @@ class ModelCheckpoint(Callback):
     def _save_last(self, runtime: Runtime, candidates: dict[str, torch.Tensor]) -> None:
         if not self.save_last:
             return
-        path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
-        version = self.STARTING_VERSION
-        while self._enable_version_counter and self._exists(path) and path != self.last_model_path:
-            path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST, ver=version)
-            version += 1
-        previous, self.last_model_path = self.last_model_path, path
-        if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
-            self._link(self._last_checkpoint_saved, path)
-        else:
-            self._write(runtime, path, None, None)
+        previous = self.last_model_path
+        path = self._free_name(candidates, previous, self.CHECKPOINT_NAME_LAST)
+        with self._staged():
+            self.last_model_path = path
+            if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
+                link_checkpoint(self._last_checkpoint_saved, path)
+            else:
+                self._write(runtime, path, None, None)
         if previous and self._removable(runtime, previous, path):
             self._remove(previous)
 
@@ -383,8 +360,7 @@ class ModelCheckpoint(Callback):
     @contextlib.contextmanager
     def _staged(self) -> Iterator[None]:
         """Undo the state changes made inside the block when the write inside it fails."""
-        names = ("best_k_models", "kth_best_model_path", "kth_value", "best_model_path", "best_model_score", "current_score")
-        saved = {name: getattr(self, name) for name in names}
+        saved = {name: getattr(self, name) for name in _STATE}
         saved["best_k_models"] = dict(self.best_k_models)
         try:
             yield
@@ -392,18 +368,6 @@ class ModelCheckpoint(Callback):
             for name, value in saved.items():
                 setattr(self, name, value)
             raise
-
-    def _link(self, target: str, link: str) -> None:
-        if dist.is_rank_zero() and os.path.abspath(target) != os.path.abspath(link):
-            if os.path.islink(link) or os.path.isfile(link):
-                os.remove(link)
-            elif os.path.isdir(link):
-                shutil.rmtree(link)
-            try:
-                os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
-            except OSError:
-                shutil.copy(target, link)
-        dist.barrier()
 
     def _removable(self, runtime: Runtime, previous: str, current: str) -> bool:
         """Only files inside ``dirpath``, never the one this run resumed from."""
@@ -421,13 +385,11 @@ class ModelCheckpoint(Callback):
     def _exists(self, path: str) -> bool:
         return bool(dist.broadcast_object(Path(path).exists() if dist.is_rank_zero() else False))
 
-    def _free_name(self, candidates: dict[str, torch.Tensor], replacing: str | None) -> str:
+    def _free_name(self, candidates: dict[str, torch.Tensor], replacing: str | None, filename: str | None = None) -> str:
         """The formatted name, with ``-v1``, ``-v2`` ... while it names another existing file."""
-        path = self.format_checkpoint_name(candidates)
-        version = self.STARTING_VERSION
+        path, version = self.format_checkpoint_name(candidates, filename), self.STARTING_VERSION
         while self._enable_version_counter and self._exists(path) and path != replacing:
-            path = self.format_checkpoint_name(candidates, ver=version)
-            version += 1
+            path, version = self.format_checkpoint_name(candidates, filename, ver=version), version + 1
         return path
 
     # ------------------------------------------------------------------ names
@@ -441,15 +403,7 @@ class ModelCheckpoint(Callback):
         formats as 0. ``ver`` appends ``-v<ver>``, ``prefix`` goes in front.
         """
         template = filename or self.filename or "{epoch}" + self.CHECKPOINT_JOIN_CHAR + "{step}"
-        values = dict(metrics)
-        fields = sorted(re.findall(r"(\{.*?)[:\}]", template), key=len, reverse=True)
-        for field in fields:
-            name = field[1:]
-            if self.auto_insert_metric_name:
-                template = template.replace(field, name + self.CHECKPOINT_EQUALS_CHAR + "{" + name)
-            template = template.replace(field, "{0[" + name + "]")
-            values.setdefault(name, torch.tensor(0))
-        name = template.format(values)
+        name = fill_template(template, metrics, insert_names=self.auto_insert_metric_name, equals=self.CHECKPOINT_EQUALS_CHAR)
         if prefix is not None:
             name = self.CHECKPOINT_JOIN_CHAR.join([prefix, name])
         if ver is not None:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
+from compat_pairs import CaptureLogger, CaptureTracker, PairModule, fit_busloop, fit_lightning, pl
 
 from compat import LearningRateMonitor
-from compat_pairs import CaptureLogger, CaptureTracker, PairModule, fit_busloop, fit_lightning, pl
 
 CASES: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = [
     ({}, {}, {"log_every_n_steps": 1}),  # no scheduler: every step
@@ -58,7 +58,8 @@ def test_same_names_values_and_steps_as_lightning(
 def test_names_of_groups_and_of_a_second_optimizer_of_the_same_type() -> None:
     monitor = LearningRateMonitor()
     model = torch.nn.Linear(2, 2)
-    first = torch.optim.SGD([{"params": [model.weight], "name": "weights"}, {"params": [model.bias]}], lr=0.1)
+    groups: list[dict[str, Any]] = [{"params": [model.weight], "name": "weights"}, {"params": [model.bias]}]
+    first = torch.optim.SGD(groups, lr=0.1)
     second = torch.optim.SGD(model.parameters(), lr=0.2)
 
     class Holder:

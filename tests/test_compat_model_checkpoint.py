@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
+from compat_pairs import PairModule, fit_busloop, fit_lightning, pl
 
 from compat import ModelCheckpoint
-from compat_pairs import PairModule, fit_busloop, fit_lightning, pl
 from runtime import Callback, Runtime
 from runtime.checkpoint import load_checkpoint
 
@@ -108,7 +108,7 @@ def test_checkpoint_written_is_emitted_for_each_file(tmp_path: Path) -> None:
     events = WriteLog()
     fit_busloop(PairModule(), [ours, events], epochs=4)
     # scores 0.5, 0.3, 0.6, 0.2: epochs 0, 1 and 2 enter the top 2, epoch 3 does not
-    top = [(name, monitor, round(score, 4)) for name, monitor, score in events.written if monitor]
+    top = [(name, monitor, round(score or 0, 4)) for name, monitor, score in events.written if monitor]
     assert top == [("epoch=0.ckpt", "score", 0.5), ("epoch=1.ckpt", "score", 0.3), ("epoch=2.ckpt", "score", 0.6)]
     # as in Lightning, last.ckpt is written whenever a top-k file was: not after epoch 3
     assert [name for name, monitor, _ in events.written if monitor is None] == ["last.ckpt"] * 3
@@ -126,7 +126,7 @@ def test_a_failed_write_keeps_the_previous_best_and_state(tmp_path: Path) -> Non
 
 
 def test_resume_continues_the_top_k_as_an_uninterrupted_run(tmp_path: Path) -> None:
-    options = {"monitor": "score", "mode": "min", "save_top_k": 2, "save_last": True}
+    options: dict[str, Any] = {"monitor": "score", "mode": "min", "save_top_k": 2, "save_last": True}
     straight = ModelCheckpoint(dirpath=tmp_path / "straight", **options)
     fit_busloop(PairModule(), [straight], epochs=6)
     first = ModelCheckpoint(dirpath=tmp_path / "resumed", **options)
