@@ -86,3 +86,18 @@ def test_a_bad_value_exits_2_naming_the_callback_and_parameter(tmp_path: Path, c
     assert main(["train", _write(tmp_path, config)]) == 2
     err = capsys.readouterr().err
     assert "trainer.callbacks.0.params" in err and "Timer: duration='one hour'" in err
+
+
+def test_registered_under_lightning_names_by_compat_alone() -> None:
+    """Importing compat (not callbacks) registers the five under their Lightning names."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, compat\n"
+        "from runtime.registry import CALLBACKS\n"
+        "assert 'callbacks' not in sys.modules\n"
+        "for name in ('ModelCheckpoint', 'EarlyStopping', 'Timer', 'LearningRateMonitor', 'GradientAccumulationScheduler'):\n"
+        "    assert CALLBACKS[name] is getattr(compat, name), name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
