@@ -123,7 +123,7 @@ class ModelCheckpoint(Callback):
         self._last_checkpoint_saved = ""
         self._last_time_checked: float | None = None
         self._defer_save_until_validation = False
-        self._warned: set[str] = set()
+        self._warned_missing = False
 
     def _validate(self) -> None:
         def bad(problem: str) -> ValueError:
@@ -165,6 +165,7 @@ class ModelCheckpoint(Callback):
             self.dirpath = str(folder / self.subdir if self.subdir else folder)
         self.dirpath = dist.broadcast_object(self.dirpath)
         if stage == "fit":
+            self._warned_missing = False
             if dist.is_rank_zero() and self.save_top_k != 0 and Path(self.dirpath).is_dir() and any(Path(self.dirpath).iterdir()):
                 log.warning("ModelCheckpoint: checkpoint directory %s exists and is not empty", self.dirpath)
             if self._every_n_train_steps < 1 and self._train_time_interval is None:
@@ -278,8 +279,8 @@ class ModelCheckpoint(Callback):
                 f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the "
                 f"logged metrics: {sorted(candidates)}. Did you log {self.monitor!r}?"
             )
-            if message not in self._warned:  # Lightning raises once validation has run
-                self._warned.add(message)
+            if not self._warned_missing:  # once per run; Lightning raises once validation has run
+                self._warned_missing = True
                 log.warning(message)
             return
         current = candidates[self.monitor]

@@ -22,6 +22,10 @@ from runtime.tracking import LocalTracker, NullTracker, Tracker
 
 pl = pytest.importorskip("lightning.pytorch")
 
+from test_lightning_log import CapturingLogger  # noqa: E402  (a Lightning logger keeping every call)
+
+__all__ = ["SCORES", "SEED", "CaptureTracker", "CapturingLogger", "PairModule", "fit_busloop", "fit_lightning", "pl"]
+
 SEED = 7
 #: A scripted validation score per epoch: not monotonic, so top-k choices matter.
 SCORES = (0.5, 0.3, 0.6, 0.2, 0.4, 0.1, 0.7, 0.25)
@@ -83,28 +87,6 @@ class PairModule(pl.LightningModule):  # type: ignore[misc,name-defined]
         else:
             config["scheduler"] = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.95**step)
         return {"optimizer": optimizer, "lr_scheduler": config}
-
-
-class CaptureLogger(pl.loggers.Logger):  # type: ignore[misc,name-defined]
-    """A Lightning logger that keeps every ``log_metrics`` call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "capture"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.rows.append((step, {k: float(v) for k, v in metrics.items()}))
 
 
 class CaptureTracker(LocalTracker):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from compat_pairs import CaptureLogger, CaptureTracker, PairModule, fit_busloop, fit_lightning, pl
+from compat_pairs import CaptureTracker, CapturingLogger, PairModule, fit_busloop, fit_lightning, pl
 
 from compat import LearningRateMonitor
 
@@ -33,14 +33,14 @@ def test_same_names_values_and_steps_as_lightning(
     tmp_path: Path, options: dict[str, Any], module_options: dict[str, Any], trainer: dict[str, Any]
 ) -> None:
     module = PairModule(**module_options)
-    logger = CaptureLogger()
+    logger = CapturingLogger()
     theirs = pl.callbacks.LearningRateMonitor(**options)
     fit_lightning(module, [theirs], tmp_path, epochs=3, logger=logger, **trainer)
     tracker = CaptureTracker(tmp_path / "runs")
     ours = LearningRateMonitor(**options)
     rt = fit_busloop(module, [ours], epochs=3, tracker=tracker, **trainer)
 
-    expected = _lr_rows(logger.rows)
+    expected = _lr_rows([(step, values) for step, values, _ in logger.calls])
     assert expected, "Lightning logged no learning rate"
     got = _lr_rows(tracker.rows)
     assert [step for step, _ in got] == [step for step, _ in expected]
