@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import torch
+from compat_pairs import SCORES, PairModule, fit_busloop, fit_lightning, pl
 
 from compat import EarlyStopping, EarlyStoppingReason, ModelCheckpoint
-from compat_pairs import SCORES, PairModule, fit_busloop, fit_lightning, pl
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 8

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from compat_pairs import PairModule, fit_busloop, fit_lightning, pl
 
 from compat import ModelCheckpoint, Timer
-from compat_pairs import PairModule, fit_busloop, fit_lightning, pl
 from runtime import Callback, Runtime
 
 
