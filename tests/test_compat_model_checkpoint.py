@@ -173,3 +173,23 @@ def test_the_per_batch_hook_is_connected_only_when_a_step_trigger_needs_it(tmp_p
     rt = fit_busloop(PairModule(), [epochs_only, steps], epochs=1)
     assert rt.bus.describe()["train_batch_end"] == ["ModelCheckpoint.on_train_batch_end"]
     assert _files(tmp_path / "b") == ["epoch=0-step=6.ckpt"]
+
+
+def test_save_on_exception_writes_what_lightning_writes(tmp_path: Path) -> None:
+    class LightningBoom(pl.Callback):  # type: ignore[misc,name-defined]
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if trainer.current_epoch == 1 and batch_idx == 2:
+                raise ValueError("boom")
+
+    class BusloopBoom(Callback):
+        def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if runtime.state.epoch == 1 and batch_idx == 2:
+                raise ValueError("boom")
+
+    options: dict[str, Any] = {"save_on_exception": True, "save_last": True}
+    with pytest.raises(ValueError, match="boom"):
+        fit_lightning(PairModule(), [LightningBoom(), pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "L", **options)], tmp_path, epochs=3)
+    with pytest.raises(Exception, match="boom"):
+        fit_busloop(PairModule(), [BusloopBoom(), ModelCheckpoint(dirpath=tmp_path / "B", **options)], epochs=3)
+    assert _files(tmp_path / "B") == _files(tmp_path / "L") == ["epoch=0-step=6.ckpt", "epoch=1-step=9.ckpt", "last.ckpt"]
+    assert load_checkpoint(tmp_path / "B" / "last.ckpt")["global_step"] == 9
