@@ -104,8 +104,8 @@ def build_schedulers(spec: Any, optimizer: torch.optim.Optimizer) -> list[Schedu
     if callable(spec) and not isinstance(spec, Mapping):
         return build_schedulers(spec(optimizer), optimizer)
     name, params, rest = _spec_fields(spec)
-    if name is None and "scheduler" in rest:  # Lightning's dict: {"scheduler": obj, ...}
-        return [_config_for(rest.pop("scheduler"), **rest)]
+    if "scheduler" in rest:  # Lightning's dict: {"scheduler": obj, "name": label, ...}
+        return [_config_for(rest.pop("scheduler"), name=name, **rest)]
     cls = _torch_class(torch.optim.lr_scheduler, name or "", "scheduler", "scheduler.name")
     try:
         scheduler = cls(optimizer, **params)

@@ -100,9 +100,12 @@ NO_LIGHTNING = textwrap.dedent(
     x = torch.randn(64, 8); y = (x.sum(1) > 0).long()
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
-    # The ten Lightning callbacks; the lead adds EarlyStopping, Timer and LearningRateMonitor on merge.
+    # The ten Lightning callbacks.
     callbacks = [
         compat.ModelCheckpoint(monitor="val/loss", dirpath="ckpts"),
+        compat.EarlyStopping(monitor="val/loss", patience=5),
+        compat.Timer(duration="00:00:10:00"),
+        compat.LearningRateMonitor(),
         compat.GradientAccumulationScheduler({0: 2}),
         compat.DeviceStatsMonitor(),
         compat.GPUStatsMonitor(),
@@ -128,4 +131,4 @@ def test_compat_trains_with_lightning_blocked(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "trained without lightning: 7 callbacks" in result.stdout
+    assert "trained without lightning: 10 callbacks" in result.stdout

@@ -257,7 +257,7 @@ def test_resume_from_a_checkpoint_written_during_validation(tmp_path: Any) -> No
 
     straight_ema = EMACallback(decay=0.9, decay_tau=3)
     straight = _resume_run([ckpt_cb()], straight_ema, val_check_interval=4)
-    path = next((tmp_path / "ck").glob("epoch=1-step=10-*"))  # the mid-epoch validation
+    path = next((tmp_path / "ck").glob("epoch=1-step=10*.ckpt"))  # the mid-epoch validation
     assert load_checkpoint(path)["loop"]["batch_idx"] == 4
     resumed_ema = EMACallback(decay=0.9, decay_tau=3)
     resumed = _resume_run([], resumed_ema, ckpt=path, val_check_interval=4)
