@@ -94,7 +94,6 @@ NO_LIGHTNING = textwrap.dedent(
     from torch.utils.data import DataLoader, TensorDataset
     import compat
     from runtime import Runtime
-    from runtime.tracking import NullTracker
 
     torch.manual_seed(0)
     x = torch.randn(64, 8); y = (x.sum(1) > 0).long()
@@ -115,8 +114,8 @@ NO_LIGHTNING = textwrap.dedent(
     ]
     config = {"loss": "torch.nn.functional:cross_entropy", "optimizer": {"name": "SGD", "params": {"lr": 0.1}},
               "trainer": {"epochs": 2, "num_sanity_val_steps": 0}}
-    rt = Runtime(model, callbacks, config, tracker=NullTracker())
-    rt.fit(loader, loader)
+    with Runtime(model, callbacks, config) as rt:  # the local tracker, in the test's folder
+        rt.fit(loader, loader)
     assert rt.state.epoch == 2
     leaked = [m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric")]
     assert not leaked, leaked
