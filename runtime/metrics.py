@@ -80,34 +80,14 @@ class MetricStore:
             self._prog_bar.add(name)
             self.state.progress_bar_metrics[name] = float(value)
 
-    def module_log(
-        self,
-        name: str,
-        value: Any,
-        prog_bar: bool = False,
-        logger: bool | None = None,
-        on_step: bool | None = None,
-        on_epoch: bool | None = None,
-        reduce_fx: Any = "mean",
-        enable_graph: bool = False,
-        sync_dist: bool = False,
-        sync_dist_group: Any = None,
-        add_dataloader_idx: bool = True,
-        batch_size: int | None = None,
-        metric_attribute: str | None = None,
-        rank_zero_only: bool = False,
-    ) -> None:
+    def module_log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
         """``LightningModule.log`` while the runtime drives the module, with Lightning's
-        semantics (:mod:`runtime.lightning_log`); names are kept as given."""
+        semantics and signature (:meth:`runtime.lightning_log.LightningLog.log`); names are
+        kept as given."""
         lightning = self.lightning
         if lightning is None:
             lightning = self.lightning = LightningLog(self)
-        lightning.log(
-            name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
-            reduce_fx=reduce_fx, enable_graph=enable_graph, sync_dist=sync_dist,
-            sync_dist_group=sync_dist_group, add_dataloader_idx=add_dataloader_idx,
-            batch_size=batch_size, metric_attribute=metric_attribute, rank_zero_only=rank_zero_only,
-        )
+        lightning.log(name, value, *args, **kwargs)
 
     def module_log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
         """``LightningModule.log_dict`` counterpart of :meth:`module_log` (same options for all)."""
