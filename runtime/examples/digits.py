@@ -23,7 +23,7 @@ class DigitsClassifier(nn.Module):
     example_input_array = torch.zeros(1, 1, 8, 8)
     task = "classification"  # with ``classes``: the NN Archive's ClassificationParser head
     classes = [str(digit) for digit in range(10)]
-    log: Callable[..., None]  # Runtime.module_log, attached while the runtime drives the model
+    log: Callable[..., None]  # the runtime's self.log (Lightning semantics) while it drives the model
 
     def __init__(self, channels: int = 32, num_classes: int = 10) -> None:
         super().__init__()
@@ -56,8 +56,10 @@ class DigitsClassifier(nn.Module):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(1) == labels).float().mean()
-        self.log(f"{stage}/loss", loss)  # routed to Runtime.log while the runtime runs
-        self.log(f"{stage}/accuracy", accuracy)
+        # Lightning's semantics: in training_step a value is logged per step unless on_epoch
+        # asks for the epoch mean too (the epoch line and train/... metrics use it).
+        self.log(f"{stage}/loss", loss, on_epoch=True)
+        self.log(f"{stage}/accuracy", accuracy, on_epoch=True)
         return loss
 
 
