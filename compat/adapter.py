@@ -175,7 +175,10 @@ def _receiver(event: str) -> Callable[..., None]:
     params = "".join(f", {p}" for p in payload)
     args = "".join(f", {p}" for p in passed)
     bind = "    if self.trainer is None:\n        self.bind(runtime)\n" if event == "exception" else ""
-    source = f"def on_{event}(self, runtime{params}):\n{bind}    self._hook_{event}(self.trainer, self.pl_module{args})\n"
+    call = f"self._hook_{event}(self.trainer, self.pl_module{args})"
+    if event == "train_batch_end":  # the facade counts stepping batches as Lightning does
+        call = f"self.trainer._in_train_batch_end = True\n    try:\n        {call}\n    finally:\n        self.trainer._in_train_batch_end = False"
+    source = f"def on_{event}(self, runtime{params}):\n{bind}    {call}\n"
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<busloop adapter {event}>", "exec"), namespace)  # noqa: S102
     return namespace[f"on_{event}"]  # type: ignore[no-any-return]

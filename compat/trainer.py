@@ -54,7 +54,8 @@ class TrainerFacade:
         self._progress_bar_callback: Any = None
         self.profiler: Any = None
         self.accelerator = Accelerator()
-        self._logger_connector = LoggerConnector(runtime)
+        self._logger_connector = LoggerConnector(self)
+        self._in_train_batch_end = False
         self._logger = TrackerLogger(runtime)
 
     def __repr__(self) -> str:

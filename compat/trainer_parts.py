@@ -109,12 +109,12 @@ class Accelerator:
 class LoggerConnector:
     """``trainer._logger_connector``: when Lightning would hand metrics to its loggers."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._rt = runtime
+    def __init__(self, trainer: Any) -> None:
+        self._trainer = trainer
 
     @property
     def should_update_logs(self) -> bool:
         """Due when the next optimizer step is a multiple of ``log_every_n_steps``, or stopping."""
-        st = self._rt.state
-        every = self._rt.config.trainer.log_every_n_steps
-        return (st.global_step + 1) % every == 0 or st.should_stop
+        stepped = self._trainer.fit_loop.epoch_loop._batches_that_stepped
+        every = self._trainer._rt.config.trainer.log_every_n_steps
+        return (stepped + 1) % every == 0 or self._trainer._rt.state.should_stop

@@ -18,6 +18,7 @@ import torch
 from compat_pairs import CaptureTracker, CapturingLogger, PairModule, fit_busloop, fit_lightning, pl
 
 from compat.adapter import LightningCallbackAdapter
+from conftest import make_loader
 from runtime import Runtime
 from runtime.bus import CallbackError
 from runtime.errors import ConfigError
@@ -185,8 +186,6 @@ def test_duck_typed_callback_and_plain_module(tmp_path: Path) -> None:
     config = {"trainer": {"epochs": 2}, "loss": "torch.nn.functional:cross_entropy",
               "optimizer": {"name": "SGD", "params": {"lr": 0.1}}}  # fmt: skip
     rt = Runtime(model, [duck], config, tracker=NullTracker())
-    from conftest import make_loader
-
     rt.fit(make_loader(32))
     assert duck.seen == [(0, "Linear", True), (1, "Linear", True)]
 
@@ -213,8 +212,67 @@ def test_error_in_stock_hook_names_the_callback(tmp_path: Path) -> None:
 
     rt = Runtime(PairModule(), [pl.callbacks.LambdaCallback(on_train_start=boom)],
                  {"trainer": {"epochs": 1}}, tracker=NullTracker())  # fmt: skip
-    from conftest import make_loader
-
     with pytest.raises(CallbackError, match="LambdaCallback.on_train_start.*nope"):
         rt.fit(make_loader(32))
 
+
+
+def test_on_exception_checkpoint_writes_file(tmp_path: Path) -> None:
+    class Failing(PairModule):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if self.current_epoch == 1:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)  # type: ignore[no-any-return]
+
+    written = {}
+    for side in ("pl", "bl"):
+        callback = pl.callbacks.OnExceptionCheckpoint(dirpath=tmp_path / side, filename="crash")
+        with pytest.raises(RuntimeError, match="boom"):
+            if side == "pl":
+                trainer = pl.Trainer(accelerator="cpu", max_epochs=3, callbacks=[callback], logger=False,
+                                     enable_progress_bar=False, enable_model_summary=False,
+                                     default_root_dir=tmp_path / "default")  # fmt: skip
+                trainer.fit(Failing(), make_loader(96))
+            else:
+                fit_busloop(Failing(), [callback], epochs=3, val=False)
+        written[side] = torch.load(tmp_path / side / "crash.ckpt", weights_only=False)
+    assert written["bl"]["epoch"] == written["pl"]["epoch"] == 1
+    assert written["bl"]["global_step"] == written["pl"]["global_step"] == 6
+    for key, value in written["pl"]["state_dict"].items():
+        torch.testing.assert_close(written["bl"]["state_dict"][key], value, rtol=0, atol=1e-6)
+
+
+def test_model_summary_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def table() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if "Total params" in r.getMessage()]
+        caplog.clear()
+        return lines
+
+    make = lambda _: [pl.callbacks.ModelSummary(max_depth=2)]  # noqa: E731
+    with caplog.at_level("INFO"):
+        fit_lightning(PairModule(), make(tmp_path), tmp_path, epochs=1)
+        theirs = table()
+        fit_busloop(PairModule(), make(tmp_path), epochs=1)
+        assert theirs and table() == theirs
+
+
+def test_device_stats_monitor_logs_cpu_stats_in_training(tmp_path: Path) -> None:
+    """Training-batch stats at Lightning's steps (validation-batch steps still differ: the
+    facade does not keep Lightning's count through a validation inside the last batch)."""
+    fit, _, rt, _ = pair(lambda _: [pl.callbacks.DeviceStatsMonitor(cpu_stats=True)], tmp_path,
+                         logged=True, log_every_n_steps=2, epochs=2)  # fmt: skip
+    def names_and_steps(rows: list[tuple[int, dict[str, float]]]) -> list[tuple[int, list[str]]]:
+        prefix = "DeviceStatsMonitor.on_train_batch"
+        return [(s, sorted(k for k in m if k.startswith(prefix))) for s, m in rows
+                if any(k.startswith(prefix) for k in m)]  # fmt: skip
+
+    theirs = names_and_steps([(step, values) for step, values, _ in fit.logger.calls])
+    assert theirs and names_and_steps(rt.tracker.rows) == theirs  # type: ignore[union-attr]
+
+
+def test_tqdm_progress_bar_off_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bar = pl.callbacks.TQDMProgressBar()
+    rt = fit_busloop(PairModule(), [bar], epochs=2)
+    assert rt.state.epoch == 2
+    assert bar.train_progress_bar.total == 6 and bar.train_progress_bar.n == 6
+    assert "Epoch 1: 100%" in capsys.readouterr().out
