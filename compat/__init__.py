@@ -6,6 +6,7 @@ import, working with Lightning absent.
 >>> from compat import EarlyStopping, ModelCheckpoint, LearningRateMonitor, Timer
 """
 
+from compat.adapter import LightningCallbackAdapter
 from compat.device_stats_monitor import DeviceStatsMonitor
 from compat.early_stopping import EarlyStopping, EarlyStoppingReason
 from compat.gpu_stats_monitor import GPUStatsMonitor
@@ -26,6 +27,7 @@ __all__ = [
     "GPUStatsMonitor",
     "GradientAccumulationScheduler",
     "LearningRateMonitor",
+    "LightningCallbackAdapter",
     "LightningBridge",
     "ModelCheckpoint",
     "ModelPruning",

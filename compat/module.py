@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from compat.adapter import adapt, unwrap
 from compat.optimization import (
     OPTIMIZATION_HOOKS,
     AutomaticOptimization,
@@ -133,10 +134,11 @@ def add_model_callbacks(runtime: Runtime, returned: Any, package: str) -> None:
     added = list(returned) if isinstance(returned, Sequence) else [returned]
     bases = {Callback, getattr(sys.modules.get(package), "Callback", Callback)}
     replaced = {
-        type(c) for c in runtime.callbacks
+        type(c) for c in map(unwrap, runtime.callbacks)
         if type(c) not in bases and any(issubclass(type(new), type(c)) for new in added)
     }  # fmt: skip
-    merged = [c for c in runtime.callbacks if type(c) not in replaced] + added
+    merged = [c for c in runtime.callbacks if type(unwrap(c)) not in replaced]
+    merged += adapt(added, runtime)
     checkpoint_base = getattr(sys.modules.get(f"{package}.callbacks"), "Checkpoint", None)
 
     def is_checkpoint(callback: object) -> bool:

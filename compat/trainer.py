@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from compat.trainer_parts import Accelerator, LoggerConnector, TrackerLogger, tracker_logs
 from compat.trainer_views import FitLoop, Strategy, TrainerState
 from runtime import distributed as dist
 
@@ -50,8 +51,12 @@ class TrainerFacade:
         self.fit_loop = FitLoop(self)
         self.fast_dev_run = False
         self.received_sigterm = False
-        self.progress_bar_callback: Any = None
+        self._progress_bar_callback: Any = None
         self.profiler: Any = None
+        self.accelerator = Accelerator()
+        self._logger_connector = LoggerConnector(self)
+        self._in_train_batch_end = False
+        self._logger = TrackerLogger(runtime)
 
     def __repr__(self) -> str:
         return f"TrainerFacade(busloop Runtime, stage={self._rt.state.stage!r})"
@@ -277,7 +282,8 @@ class TrainerFacade:
 
     @property
     def loggers(self) -> list[Any]:
-        return []
+        """The tracker as one Lightning logger; none for a tracker that records nothing."""
+        return [self._logger] if self._rt.tracker is not None and tracker_logs(self._rt.tracker) else []
 
     @property
     def ckpt_path(self) -> str | None:
@@ -285,11 +291,42 @@ class TrainerFacade:
 
     @property
     def callbacks(self) -> list[Any]:
-        return list(self._rt.callbacks)
+        """The run's callbacks; adapted Lightning callbacks as the user's own objects."""
+        return [getattr(c, "lightning_callback", c) for c in self._rt.callbacks]
+
+    def _with_role(self, role: str) -> list[Any]:
+        return [
+            getattr(c, "lightning_callback", c)
+            for c in self._rt.callbacks if getattr(c, "monitor_role", None) == role
+        ]  # fmt: skip
 
     @property
     def checkpoint_callbacks(self) -> list[Any]:
-        return [c for c in self._rt.callbacks if getattr(c, "monitor_role", None) == "checkpoint"]
+        """Checkpointing callbacks: compat's and Lightning's (``Checkpoint`` subclasses)."""
+        return self._with_role("checkpoint")
+
+    @property
+    def early_stopping_callbacks(self) -> list[Any]:
+        return self._with_role("early_stopping")
+
+    @property
+    def early_stopping_callback(self) -> Any:
+        found = self.early_stopping_callbacks
+        return found[0] if found else None
+
+    @property
+    def progress_bar_callback(self) -> Any:
+        """The first Lightning ``ProgressBar`` among the callbacks (or the one set here)."""
+        if self._progress_bar_callback is not None:
+            return self._progress_bar_callback
+        for callback in self.callbacks:
+            if any(c.__name__ == "ProgressBar" for c in type(callback).__mro__[1:]):
+                return callback
+        return None
+
+    @progress_bar_callback.setter
+    def progress_bar_callback(self, callback: Any) -> None:
+        self._progress_bar_callback = callback
 
     @property
     def checkpoint_callback(self) -> Any:

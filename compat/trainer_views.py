@@ -123,6 +123,16 @@ class _Progress:
         raise AttributeError(f"busloop's trainer facade has no loop attribute {name!r}")
 
 
+def _batches_that_stepped(trainer: TrainerFacade) -> int:
+    """Lightning's count of stepping batches: it grows after ``on_train_batch_end``, so inside
+    that hook (the adapter flags it) a batch that stepped is not counted yet."""
+    rt, st = trainer._rt, trainer._rt.state
+    if not getattr(trainer, "_in_train_batch_end", False):
+        return st.global_step
+    stepped = st.batch_idx % max(1, rt.accumulate_grad_batches) == 0 or st.batch_idx >= st.num_training_batches
+    return st.global_step - 1 if stepped else st.global_step
+
+
 class FitLoop:
     """``trainer.fit_loop``: what stock callbacks read and write on Lightning's fit loop."""
 
@@ -139,7 +149,7 @@ class FitLoop:
         self.epoch_loop = _Progress(
             batch_progress=lambda: batch_progress,
             val_loop=lambda: val_loop,
-            _batches_that_stepped=lambda: st.global_step,
+            _batches_that_stepped=lambda: _batches_that_stepped(trainer),
             global_step=lambda: st.global_step,
         )
 

@@ -31,6 +31,7 @@ from runtime.devices import autocast_for, select_device
 from runtime.metrics import MetricStore
 from runtime.module import bridge_for, plain_loss, resolve_loss
 from runtime.optim import SchedulerConfig, configure_optimization, step_schedulers
+from runtime.registry import adapt_callbacks
 from runtime.resume import ResumePoint, check_state_keys, checkpoint_of, load_for_resume, restore
 from runtime.state import LoopState
 from runtime.tracking import Tracker, create_tracker
@@ -68,8 +69,6 @@ class RuntimeCore:
         self.model = model
         self.callbacks = list(callbacks)
         self.bus = Bus()
-        self.bus.subscribe_all(self.callbacks)
-        check_state_keys(self.callbacks)
         self.state = LoopState(max_epochs=cfg.epochs, max_steps=cfg.max_steps)
         self.device = select_device(cfg.accelerator)
         self.loss_fn = resolve_loss(loss if loss is not None else self.config.loss)
@@ -118,6 +117,10 @@ class RuntimeCore:
         self._logged_step = -1
         self._resume: ResumePoint | None = None
         self._predictions: list[Any] = []
+        # Last: adapters (compat's, for Lightning callbacks) may read the model and tracker.
+        self.callbacks = adapt_callbacks(self.callbacks, self)
+        self.bus.subscribe_all(self.callbacks)
+        check_state_keys(self.callbacks)
 
     def log(
         self, name: str, value: Any, batch_size: int | None = None, prog_bar: bool = False

@@ -87,11 +87,12 @@ class Runtime(RuntimeCore):
                 with isolated_rng():  # as Lightning: the check draws nothing from training's stream
                     self._sanity_check(val_loader)
 
-            self.metrics.begin_stage("train")  # on_train_start logs go to the train results
-            ev.train_start.emit(self)
-            while st.epoch < st.max_epochs and not st.should_stop and not self._max_steps_reached():
-                self._train_epoch(train_loader, val_loader)
-            ev.train_end.emit(self)
+            if not st.should_stop:  # as Lightning: a stop asked for by fit_start skips training
+                self.metrics.begin_stage("train")  # on_train_start logs go to the train results
+                ev.train_start.emit(self)
+                while st.epoch < st.max_epochs and not st.should_stop and not self._max_steps_reached():
+                    self._train_epoch(train_loader, val_loader)
+                ev.train_end.emit(self)
             ev.fit_end.emit(self)
             if dm is not None:
                 teardown_datamodule(dm, "fit")

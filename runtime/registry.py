@@ -21,10 +21,12 @@ from runtime.names import resolve_import, suggest
 
 __all__ = [
     "CALLBACKS",
+    "CALLBACK_ADAPTERS",
     "EXTENSIONS_GROUP",
     "class_name",
     "instantiate",
     "load_extensions",
+    "adapt_callbacks",
     "register",
     "resolve_callback",
 ]
@@ -38,6 +40,20 @@ T = TypeVar("T", bound=type)
 
 #: Registered name -> callback class.
 CALLBACKS: dict[str, type] = {}
+
+#: Functions ``adapter(callbacks, runtime) -> callbacks`` that turn callbacks the bus cannot
+#: subscribe as they are (Lightning's ``(trainer, pl_module, ...)`` hooks) into ones it can,
+#: applied in order when a Runtime is built; ``compat`` appends its adapter on import, so the
+#: runtime runs stock Lightning callbacks without importing compat.
+CALLBACK_ADAPTERS: list[Callable[[list[object], Any], list[object]]] = []
+
+
+def adapt_callbacks(callbacks: list[object], runtime: Any) -> list[object]:
+    """``callbacks`` passed through every registered adapter (extensions loaded first)."""
+    load_extensions()
+    for adapter in CALLBACK_ADAPTERS:
+        callbacks = adapter(callbacks, runtime)
+    return callbacks
 
 
 def register(*names: str) -> Callable[[T], T]:

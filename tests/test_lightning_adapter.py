@@ -1,0 +1,278 @@
+"""Stock ``lightning.pytorch.callbacks`` run by busloop through the adapter (compat/adapter.py).
+
+Each test trains the same LightningModule twice, under Lightning's Trainer with the stock
+callback and under busloop's Runtime with another instance of the same stock class, and
+compares the hook sequence a recording Lightning callback sees, the final weights (<= 1e-6)
+and the stock callback's decisions and state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from compat_pairs import CaptureTracker, CapturingLogger, PairModule, fit_busloop, fit_lightning, pl
+
+from compat.adapter import LightningCallbackAdapter
+from conftest import make_loader
+from runtime import Runtime
+from runtime.bus import CallbackError
+from runtime.errors import ConfigError
+from runtime.tracking import NullTracker
+
+EPOCHS = 4
+
+_HOOKS = [
+    name for name, value in vars(pl.Callback).items()
+    if callable(value) and (name.startswith("on_") or name in ("setup", "teardown"))
+]  # fmt: skip
+
+
+def _recording(name: str) -> Callable[..., None]:
+    def record(self: Any, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+        self.__dict__.setdefault("calls", []).append(
+            (name, trainer.current_epoch, trainer.global_step, len(args) + len(kwargs))
+        )
+
+    return record
+
+
+#: A stock-style callback overriding every hook, recording (hook, epoch, step, argument count).
+Recorder = type("Recorder", (pl.Callback,), {name: _recording(name) for name in _HOOKS})
+
+
+def pair(
+    make: Callable[[Path], list[Any]], tmp_path: Path, *, module: Any = None, epochs: int = EPOCHS,
+    logged: bool = False, **trainer: Any,
+) -> tuple[Any, list[Any], Runtime, list[Any]]:
+    """Train under Lightning and busloop with ``make(folder)`` callbacks plus a Recorder each;
+    asserts the same hook sequence and final weights; returns (trainer, theirs, rt, ours)."""
+    module = module if module is not None else PairModule()
+    theirs, their_rec = make(tmp_path / "pl"), Recorder()
+    logger = CapturingLogger() if logged else False
+    fit = fit_lightning(module, [*theirs, their_rec], tmp_path / "pl", epochs=epochs, logger=logger, **trainer)
+    ours, our_rec = make(tmp_path / "bl"), Recorder()
+    tracker = CaptureTracker(tmp_path / "runs") if logged else None
+    rt = fit_busloop(module, [*ours, our_rec], epochs=epochs, tracker=tracker, **trainer)
+    assert our_rec.calls == their_rec.calls  # type: ignore[attr-defined]
+    for (name, mine), stock in zip(rt.model.state_dict().items(), fit.lightning_module.state_dict().values(), strict=True):
+        torch.testing.assert_close(mine, stock, rtol=0, atol=1e-6, msg=name)
+    rt.recorded = our_rec.calls  # type: ignore[attr-defined]
+    return fit, theirs, rt, ours
+
+
+ES_CASES: list[dict[str, Any]] = [
+    {"monitor": "score", "patience": 1},
+    {"monitor": "score", "patience": 1, "check_on_train_epoch_end": False},
+    {"monitor": "score", "patience": 1, "check_on_train_epoch_end": True},
+    {"monitor": "score", "divergence_threshold": 0.55},
+    {"monitor": "score", "stopping_threshold": 0.25},
+]
+
+
+@pytest.mark.parametrize("options", ES_CASES, ids=[str(i) for i in range(len(ES_CASES))])
+def test_early_stopping(tmp_path: Path, options: dict[str, Any]) -> None:
+    fit, (theirs,), rt, (ours,) = pair(lambda _: [pl.callbacks.EarlyStopping(**options)], tmp_path, epochs=8)
+    assert (rt.state.epoch, rt.state.global_step) == (fit.current_epoch, fit.global_step)
+    assert ours.stopped_epoch == theirs.stopped_epoch and ours.wait_count == theirs.wait_count
+    assert ours.stopping_reason == theirs.stopping_reason
+    assert ours.stopping_reason_message == theirs.stopping_reason_message
+    torch.testing.assert_close(ours.best_score, theirs.best_score)
+    assert theirs.stopping_reason.name != "NOT_STOPPED" or options.get("patience") is None
+
+
+MC_CASES: list[dict[str, Any]] = [
+    {"monitor": "score", "save_top_k": 1, "filename": "{epoch}-{score:.2f}"},
+    {"monitor": "score", "save_top_k": 2, "save_last": True},
+    {"monitor": "score", "save_top_k": -1, "mode": "max", "filename": "m-{epoch:02d}-{step}"},
+    {"every_n_train_steps": 5, "save_top_k": -1},
+    {"every_n_epochs": 2, "monitor": "score", "save_top_k": 2, "save_weights_only": True},
+    {"monitor": None, "save_last": True},
+]
+
+
+@pytest.mark.parametrize("options", MC_CASES, ids=[str(i) for i in range(len(MC_CASES))])
+def test_model_checkpoint(tmp_path: Path, options: dict[str, Any]) -> None:
+    def make(root: Path) -> list[Any]:
+        return [pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", **options)]
+
+    _, (theirs,), _, (ours,) = pair(make, tmp_path)
+    assert sorted(os.listdir(tmp_path / "bl" / "ckpt")) == sorted(os.listdir(tmp_path / "pl" / "ckpt"))
+    assert Path(ours.best_model_path).name == Path(theirs.best_model_path).name
+    assert Path(ours.last_model_path).name == Path(theirs.last_model_path).name
+    if theirs.best_model_score is not None:
+        torch.testing.assert_close(ours.best_model_score, theirs.best_model_score)
+    assert {Path(p).name for p in ours.best_k_models} == {Path(p).name for p in theirs.best_k_models}
+    assert ours.state_key == theirs.state_key
+
+
+def _lr_rows(rows: list[tuple[int, dict[str, float]]]) -> list[tuple[int, dict[str, float]]]:
+    picked = [(s, {k: v for k, v in m.items() if k.startswith(("lr-", "momentum"))}) for s, m in rows]
+    return [(s, m) for s, m in picked if m]
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch", None])
+def test_learning_rate_monitor(tmp_path: Path, interval: str | None) -> None:
+    module = PairModule(groups=2, scheduler={"kind": "step", "interval": "epoch"})
+    fit, _, rt, _ = pair(
+        lambda _: [pl.callbacks.LearningRateMonitor(logging_interval=interval, log_momentum=True)],
+        tmp_path, module=module, logged=True, log_every_n_steps=2,
+    )
+    theirs = _lr_rows([(step, values) for step, values, _ in fit.logger.calls])
+    ours = _lr_rows(rt.tracker.rows)  # type: ignore[union-attr]
+    assert theirs and ours == theirs
+
+
+def test_lambda_callback(tmp_path: Path) -> None:
+    seen: dict[str, list[tuple[str, int]]] = {"pl": [], "bl": []}
+
+    def make(root: Path) -> list[Any]:
+        log = seen[root.name]
+        return [pl.callbacks.LambdaCallback(
+            on_train_epoch_end=lambda t, m: log.append(("epoch_end", t.current_epoch)),
+            on_validation_batch_end=lambda t, m, out, batch, idx: log.append(("val_batch", idx)),
+        )]  # fmt: skip
+
+    _, _, rt, _ = pair(make, tmp_path)
+    assert seen["bl"] == seen["pl"] and len(seen["bl"]) == EPOCHS * 4
+    wrapped = next(c for c in rt.callbacks if isinstance(c, LightningCallbackAdapter))
+    assert wrapped.lightning_hooks == ("train_epoch_end", "validation_batch_end")  # only those
+    assert rt.bus.describe()["train_batch_end"] == ["Recorder.on_train_batch_end"]
+
+
+def test_gradient_accumulation_scheduler(tmp_path: Path) -> None:
+    make = lambda _: [pl.callbacks.GradientAccumulationScheduler({0: 1, 1: 2, 3: 3})]  # noqa: E731
+    fit, _, rt, _ = pair(make, tmp_path)
+    assert rt.state.global_step == fit.global_step == 6 + 3 + 3 + 2
+    assert rt.accumulate_grad_batches == fit.accumulate_grad_batches == 3
+
+
+def test_timer_stops_at_fit_start(tmp_path: Path) -> None:
+    fit, _, rt, _ = pair(lambda _: [pl.callbacks.Timer(duration={"seconds": 0})], tmp_path)
+    # Timer checks at fit_start: no time left, so neither trainer trains at all.
+    assert [c[0] for c in rt.recorded] == ["setup", "on_fit_start", "on_fit_end", "teardown"]  # type: ignore[attr-defined]
+    assert rt.state.global_step == fit.global_step == 0 and fit.should_stop and rt.state.should_stop
+
+
+def test_timer_state_across_resume(tmp_path: Path) -> None:
+    fit, (theirs,), rt, (ours,) = pair(lambda _: [pl.callbacks.Timer(duration={"days": 1})], tmp_path)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    assert ours.state_dict()["time_elapsed"].keys() == theirs.state_dict()["time_elapsed"].keys()
+    elapsed = ours.time_elapsed("train")
+    assert elapsed > 0
+    path = rt.save_checkpoint(tmp_path / "t.ckpt")
+    saved = torch.load(path, weights_only=True)["callbacks"][ours.state_key]
+    assert saved["time_elapsed"]["train"] == pytest.approx(elapsed, abs=0.05)
+    again = pl.callbacks.Timer(duration={"days": 1})
+    resumed = fit_busloop(PairModule(), [again], epochs=EPOCHS, ckpt_path=path)  # already done
+    assert resumed.state.global_step == rt.state.global_step
+    assert saved["time_elapsed"]["train"] <= again.time_elapsed("train") < saved["time_elapsed"]["train"] + 1
+
+
+def test_duck_typed_callback_and_plain_module(tmp_path: Path) -> None:
+    class Duck:
+        def __init__(self) -> None:
+            self.seen: list[Any] = []
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            self.seen.append((trainer.current_epoch, type(pl_module).__name__, trainer.callbacks[0] is self))
+
+    duck = Duck()
+    model = torch.nn.Linear(8, 2)
+    config = {"trainer": {"epochs": 2}, "loss": "torch.nn.functional:cross_entropy",
+              "optimizer": {"name": "SGD", "params": {"lr": 0.1}}}  # fmt: skip
+    rt = Runtime(model, [duck], config, tracker=NullTracker())
+    rt.fit(make_loader(32))
+    assert duck.seen == [(0, "Linear", True), (1, "Linear", True)]
+
+
+def test_refused_at_registration() -> None:
+    model, config = torch.nn.Linear(8, 2), {"loss": "torch.nn.functional:cross_entropy"}
+    with pytest.raises(ConfigError, match=r"^GradientAccumulationScheduler: needs a LightningModule"):
+        Runtime(model, [pl.callbacks.GradientAccumulationScheduler({0: 2})], config)
+    with pytest.raises(ConfigError, match=r"^LearningRateMonitor: needs a logger"):
+        Runtime(PairModule(), [pl.callbacks.LearningRateMonitor()], tracker=NullTracker())
+    with pytest.raises(ConfigError, match=r"^BatchSizeFinder: needs Lightning's tuner"):
+        Runtime(PairModule(), [pl.callbacks.BatchSizeFinder()])
+
+    class Typo:
+        def on_train_epoch_ends(self, trainer: Any, pl_module: Any) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"^Typo: on_train_epoch_ends is no Lightning callback hook"):
+        Runtime(PairModule(), [Typo()])
+
+
+def test_error_in_stock_hook_names_the_callback(tmp_path: Path) -> None:
+    def boom(trainer: Any, pl_module: Any) -> None:
+        raise ValueError("nope")
+
+    rt = Runtime(PairModule(), [pl.callbacks.LambdaCallback(on_train_start=boom)],
+                 {"trainer": {"epochs": 1}}, tracker=NullTracker())  # fmt: skip
+    with pytest.raises(CallbackError, match="LambdaCallback.on_train_start.*nope"):
+        rt.fit(make_loader(32))
+
+
+
+def test_on_exception_checkpoint_writes_file(tmp_path: Path) -> None:
+    class Failing(PairModule):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if self.current_epoch == 1:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)  # type: ignore[no-any-return]
+
+    written = {}
+    for side in ("pl", "bl"):
+        callback = pl.callbacks.OnExceptionCheckpoint(dirpath=tmp_path / side, filename="crash")
+        with pytest.raises(RuntimeError, match="boom"):
+            if side == "pl":
+                trainer = pl.Trainer(accelerator="cpu", max_epochs=3, callbacks=[callback], logger=False,
+                                     enable_progress_bar=False, enable_model_summary=False,
+                                     default_root_dir=tmp_path / "default")  # fmt: skip
+                trainer.fit(Failing(), make_loader(96))
+            else:
+                fit_busloop(Failing(), [callback], epochs=3, val=False)
+        written[side] = torch.load(tmp_path / side / "crash.ckpt", weights_only=False)
+    assert written["bl"]["epoch"] == written["pl"]["epoch"] == 1
+    assert written["bl"]["global_step"] == written["pl"]["global_step"] == 6
+    for key, value in written["pl"]["state_dict"].items():
+        torch.testing.assert_close(written["bl"]["state_dict"][key], value, rtol=0, atol=1e-6)
+
+
+def test_model_summary_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def table() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if "Total params" in r.getMessage()]
+        caplog.clear()
+        return lines
+
+    make = lambda _: [pl.callbacks.ModelSummary(max_depth=2)]  # noqa: E731
+    with caplog.at_level("INFO"):
+        fit_lightning(PairModule(), make(tmp_path), tmp_path, epochs=1)
+        theirs = table()
+        fit_busloop(PairModule(), make(tmp_path), epochs=1)
+        assert theirs and table() == theirs
+
+
+def test_device_stats_monitor_logs_cpu_stats_in_training(tmp_path: Path) -> None:
+    """Training-batch stats at Lightning's steps (validation-batch steps still differ: the
+    facade does not keep Lightning's count through a validation inside the last batch)."""
+    fit, _, rt, _ = pair(lambda _: [pl.callbacks.DeviceStatsMonitor(cpu_stats=True)], tmp_path,
+                         logged=True, log_every_n_steps=2, epochs=2)  # fmt: skip
+    def names_and_steps(rows: list[tuple[int, dict[str, float]]]) -> list[tuple[int, list[str]]]:
+        prefix = "DeviceStatsMonitor.on_train_batch"
+        return [(s, sorted(k for k in m if k.startswith(prefix))) for s, m in rows
+                if any(k.startswith(prefix) for k in m)]  # fmt: skip
+
+    theirs = names_and_steps([(step, values) for step, values, _ in fit.logger.calls])
+    assert theirs and names_and_steps(rt.tracker.rows) == theirs  # type: ignore[union-attr]
+
+
+def test_tqdm_progress_bar_off_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bar = pl.callbacks.TQDMProgressBar()
+    rt = fit_busloop(PairModule(), [bar], epochs=2)
+    assert rt.state.epoch == 2
+    assert bar.train_progress_bar.total == 6 and bar.train_progress_bar.n == 6
+    assert "Epoch 1: 100%" in capsys.readouterr().out
