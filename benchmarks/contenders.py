@@ -13,7 +13,7 @@ saving, which is not the cost of its loop; the stock loop stays as a reported ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -141,6 +141,19 @@ def _lightning_module(ctx: RunContext) -> Any:
     return BenchModule()
 
 
+class _OneLoader:
+    """The validation batches as one loader: Lightning reads a bare list as several loaders."""
+
+    def __init__(self, batches: Sequence[Batch]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def _fit_lightning(ctx: RunContext, batches: TimedBatches, **trainer_args: Any) -> None:
     import lightning.pytorch as pl
 
@@ -151,7 +164,7 @@ def _fit_lightning(ctx: RunContext, batches: TimedBatches, **trainer_args: Any) 
         default_root_dir=str(ctx.workdir / "lightning"),
         **trainer_args,
     )
-    trainer.fit(_lightning_module(ctx), train_dataloaders=batches, val_dataloaders=ctx.val)
+    trainer.fit(_lightning_module(ctx), train_dataloaders=batches, val_dataloaders=_OneLoader(ctx.val))
 
 
 def _fit_lightning_bare(ctx: RunContext, batches: TimedBatches) -> None:
@@ -178,7 +191,7 @@ def _fit_busloop_lightning_module(ctx: RunContext, batches: TimedBatches) -> Non
     from runtime.tracking import NullTracker
 
     config = {"trainer": {"epochs": ctx.workload.epochs, "accelerator": "cpu", "num_sanity_val_steps": 0}}
-    Runtime(_lightning_module(ctx), [], config, tracker=NullTracker()).fit(batches, ctx.val)
+    Runtime(_lightning_module(ctx), [], config, tracker=NullTracker()).fit(batches, _OneLoader(ctx.val))
 
 
 def _fit_ignite(ctx: RunContext, batches: TimedBatches) -> None:
