@@ -3,6 +3,7 @@
     python -m benchmarks --quick            # about a minute: every section, fewer rounds
     python -m benchmarks                    # the full suite (several minutes)
     python -m benchmarks --json > out.json  # the results as one JSON object on stdout
+    python -m benchmarks --markdown         # the overhead table and targets for README
     python -m benchmarks --only dispatch --only scaling
     python -m benchmarks --without lightning   # treat Lightning as not installed
 
@@ -28,7 +29,7 @@ from rich.console import Console
 
 from benchmarks.dispatch import run_dispatch
 from benchmarks.overhead import CLOCKS, CONTENDERS, run_overhead
-from benchmarks.report import check_targets, print_report
+from benchmarks.report import check_targets, markdown_report, print_report
 from benchmarks.scaling import CALLBACK_COUNTS, run_scaling
 
 SECTIONS = ("dispatch", "overhead", "scaling")
@@ -75,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         description="busloop's hook-overhead benchmarks: dispatch, per-step overhead, scaling.",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (< 2 min)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON only")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the results as JSON only")
+    output.add_argument(
+        "--markdown", action="store_true",
+        help="print the overhead table and targets as Markdown (for README)",
+    )
     parser.add_argument(
         "--only", action="append", choices=SECTIONS, metavar="SECTION",
         help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
@@ -213,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         json.dump(_finite(results), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
+    elif args.markdown:
+        sys.stdout.write(markdown_report(results))
     else:
         console = Console(width=None if sys.stdout.isatty() else 160)
         print_report(results, console)

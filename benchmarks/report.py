@@ -9,13 +9,20 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["TARGETS", "check_targets", "print_report"]
+__all__ = ["TARGETS", "check_targets", "markdown_report", "print_report", "zero_grad_line"]
 
-#: The issue's targets: key -> (description, limit, unit).
+#: The targets: key -> (description, limit, unit). Overheads are over the fastest
+#: hand-written loop (grads set to None) and read the median over rounds (see
+#: :mod:`benchmarks.overhead` on why not the min, which is reported beside it).
 TARGETS: dict[str, tuple[str, float, str]] = {
     "empty_event": ("event with no receivers (guarded form)", 0.1, "µs"),
     "per_receiver": ("cost of each receiver (guarded form, slope)", 0.6, "µs"),
-    "defaults_vs_plain": ("busloop default callbacks: overhead, % of a plain step", 5.0, "%"),
+    "defaults_us": (
+        "busloop default callbacks: overhead over the fastest plain loop, median", 10.0, "µs"
+    ),
+    "defaults_vs_plain": (
+        "busloop default callbacks: overhead, % of the fastest plain step, median", 5.0, "%"
+    ),
     "defaults_vs_lightning": (
         "busloop default callbacks: overhead ÷ Lightning-defaults' overhead",
         1 / 20,
@@ -25,7 +32,9 @@ TARGETS: dict[str, tuple[str, float, str]] = {
 }
 
 
-def _target(key: str, value: float | None, note: str = "") -> dict[str, Any]:
+def _target(
+    key: str, value: float | None, note: str = "", minimum: float | None = None
+) -> dict[str, Any]:
     description, limit, unit = TARGETS[key]
     if value is None or math.isnan(value):
         status = "SKIP"
@@ -39,6 +48,7 @@ def _target(key: str, value: float | None, note: str = "") -> dict[str, Any]:
         "unit": unit,
         "status": status,
         "note": note,
+        "min": minimum,
     }
 
 
@@ -56,8 +66,17 @@ def check_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         defaults = overhead["results"].get("busloop-defaults")
         skipped = overhead["skipped"]
         note = skipped.get("busloop-defaults", "")
+        overhead_us = defaults and defaults["overhead_us"]
         checks.append(
-            _target("defaults_vs_plain", defaults and defaults["overhead_pct_of_plain"], note)
+            _target(
+                "defaults_us",
+                overhead_us and overhead_us["median"],
+                note,
+                overhead_us and overhead_us["min"],
+            )
+        )
+        checks.append(
+            _target("defaults_vs_plain", defaults and defaults["overhead_pct_of_baseline"], note)
         )
         ratio = defaults and defaults["overhead_vs_lightning_defaults"]
         note = note or skipped.get("lightning-defaults", "")
@@ -102,19 +121,18 @@ def overhead_table(section: Mapping[str, Any]) -> Table:
         title="Per-step overhead: " + section["workload"],
         caption=(
             f"{section['rounds']} interleaved rounds × {section['steps']} steps after "
-            f"{section['warmup']} warm-up steps; {clock}. Each step runs in lockstep with a "
-            "companion plain-loop step; overhead = contender step − companion step, minus the "
-            "same difference for the plain loop itself (the method's bias). Median and "
-            "min – max over rounds; ratios are medians of per-round ratios; "
-            f"plain step ≈ {_us(section['plain_step_us'])} µs. busloop zeroes grads without "
-            "Optimizer.zero_grad's profiler label; 'plain loop, busloop's zero_grad' does the "
-            "same, so busloop's overhead over it is what busloop's own loop and events cost."
+            f"{section['warmup']} warm-up steps, {section['batches_per_epoch']} batches per "
+            f"epoch (epoch ends amortised); {clock}. Each step runs in lockstep with a companion "
+            "plain-loop step; overhead = (contender step − companion step) − (the same for the "
+            "baseline, the fastest plain loop: grads set to None). Median and min – max over "
+            "rounds; targets read the median. Ratios are medians of per-round ratios; baseline "
+            f"step ≈ {_us(section['baseline_step_us'])} µs."
         ),
     )
     for header in ("contender", "µs / step", "min – max", "overhead µs", "min – max"):
         table.add_column(header, justify="left" if header == "contender" else "right")
-    table.add_column("× plain", justify="right")
-    table.add_column("overhead % of plain", justify="right")
+    table.add_column("× baseline", justify="right")
+    table.add_column("overhead % of baseline", justify="right")
     table.add_column("overhead ÷ Lightning-defaults'", justify="right")
     for entry in section["results"].values():
         ratio = entry["overhead_vs_lightning_defaults"]
@@ -124,8 +142,8 @@ def overhead_table(section: Mapping[str, Any]) -> Table:
             _range(entry["step_us"]),
             _us(entry["overhead_us"]["median"]),
             _range(entry["overhead_us"]),
-            f"{entry['ratio_vs_plain']:.3f}",
-            f"{entry['overhead_pct_of_plain']:.2f}%",
+            f"{entry['ratio_vs_baseline']:.3f}",
+            f"{entry['overhead_pct_of_baseline']:.2f}%",
             "—" if ratio is None else f"{ratio:.4f}",
         )
     return table
@@ -166,26 +184,79 @@ def scaling_table(section: Mapping[str, Any]) -> Table:
     return table
 
 
-def machinery_line(section: Mapping[str, Any]) -> str | None:
-    """busloop's overhead over the plain loop that zeroes grads the way busloop does.
+def zero_grad_line(section: Mapping[str, Any]) -> str | None:
+    """What ``Optimizer.zero_grad`` costs over setting grads to None: stock plain − baseline.
 
-    The targets compare with the stock plain loop; this line shows what busloop's own loop,
-    events and logging cost once the cheaper zero_grad is taken out of the comparison.
+    busloop takes the same shortcut (``runtime.optim.zero_grad``), so this saving is real
+    for users but is not credited to busloop's loop: the targets use the baseline.
     """
-    results = section["results"]
-    lean = results.get("plain-lean")
-    if lean is None:
+    stock = section["results"].get("plain")
+    if stock is None or section["baseline"] not in section["results"]:
         return None
-    base = lean["overhead_us"]["median"]
-    extra = {
-        results[name]["label"]: results[name]["overhead_us"]["median"] - base
-        for name in ("busloop", "busloop-defaults")
-        if name in results
-    }
-    parts = [f"{label} {us:+.1f} µs ({100 * us / section['plain_step_us']:+.1f}%)" for label, us in extra.items()]
-    if not parts:
-        return None
-    return "busloop's own cost over the plain loop with busloop's zero_grad (difference of medians): " + ", ".join(parts)
+    cost = stock["overhead_us"]
+    return (
+        "the stock plain loop (optimizer.zero_grad(set_to_none=True)) over the baseline: "
+        f"{cost['median']:+.1f} µs/step median, {cost['min']:+.1f} min (the profiler label "
+        "Optimizer.zero_grad enters; busloop skips it when nothing profiles)"
+    )
+
+
+def markdown_report(results: Mapping[str, Any]) -> str:
+    """The overhead table and the target lines as Markdown, for pasting into README."""
+    lines: list[str] = []
+    section = results.get("overhead")
+    if section and section["results"]:
+        lines += [
+            "| contender | µs / step | overhead µs (median) | overhead µs (min) "
+            "| overhead % of baseline | ÷ Lightning-defaults' overhead |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for entry in section["results"].values():
+            ratio = entry["overhead_vs_lightning_defaults"]
+            lines.append(
+                f"| {entry['label']} | {_us(entry['step_us']['median'], 0)} "
+                f"| {_us(entry['overhead_us']['median'])} | {_us(entry['overhead_us']['min'])} "
+                f"| {entry['overhead_pct_of_baseline']:.1f} % "
+                f"| {'—' if ratio is None else f'{ratio:.3f}'} |"
+            )
+        clock = "thread CPU time" if section["clock"] == "cpu" else "wall time"
+        lines += [
+            "",
+            f"{clock}; {section['rounds']} interleaved rounds × {section['steps']} steps "
+            f"({section['epochs']} epochs of {section['batches_per_epoch']} batches, each "
+            f"validating on {section['val_batches']} batches) after {section['warmup']} warm-up "
+            "steps; overhead over the baseline (the fastest plain loop), median and min over "
+            "rounds; targets read the median.",
+        ]
+        for name, note in section["skipped"].items():
+            lines.append(f"- {name}: {note}")
+    dispatch = results.get("dispatch")
+    if dispatch:
+        guarded = dispatch["results"].get("busloop guarded")
+        if guarded:
+            lines += [
+                "",
+                f"Dispatch (guarded form): {guarded['per_count']['0']['min']:.3f} µs with no "
+                f"receivers, {guarded['slope_us_per_receiver']:.3f} µs per receiver.",
+            ]
+    scaling = results.get("scaling")
+    if scaling:
+        lines += [
+            "",
+            f"Scaling: {scaling['slope_us_per_callback_per_event']:.3f} µs per callback per event.",
+        ]
+    if results.get("targets"):
+        lines += ["", "| target | value | limit | status |", "| --- | ---: | ---: | --- |"]
+        for check in results["targets"]:
+            value = check["value"]
+            shown = "n/a" if value is None else f"{value:.3g} {check['unit']}"
+            if check.get("min") is not None:
+                shown += f" (min {check['min']:.3g})"
+            lines.append(
+                f"| {check['description']} | {shown} | ≤ {check['limit']:.3g} {check['unit']} "
+                f"| {check['status']} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def print_report(results: Mapping[str, Any], console: Console) -> None:
@@ -206,9 +277,9 @@ def print_report(results: Mapping[str, Any], console: Console) -> None:
             console.print(overhead_table(section))
         for name, note in section["skipped"].items():
             console.print(f"note: {name}: {note}")
-        machinery = machinery_line(section)
-        if machinery:
-            console.print(machinery, markup=False, highlight=False)
+        saving = zero_grad_line(section)
+        if saving:
+            console.print(saving, markup=False, highlight=False)
     if "scaling" in results:
         section = results["scaling"]
         if section["results"]:
@@ -218,6 +289,8 @@ def print_report(results: Mapping[str, Any], console: Console) -> None:
     for check in results.get("targets", []):
         value = check["value"]
         shown = "n/a" if value is None else f"{value:.4g} {check['unit']}"
+        if check.get("min") is not None:
+            shown += f" (min {check['min']:.4g})"
         line = (
             f"{check['status']:4}  {check['description']}: {shown} "
             f"(target <= {check['limit']:.4g} {check['unit']})"

@@ -18,6 +18,7 @@ draws from (Python, NumPy, torch CPU, CUDA) in that safe format, and
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import importlib.metadata
 import logging
@@ -413,7 +414,14 @@ def _byte_tensor(value: Any) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _distribution_version(name: str) -> str | None:
+    """The installed version of ``name``, looked up once per process.
+
+    ``importlib.metadata.version`` scans the installed distributions (milliseconds), and
+    every checkpoint records the versions: uncached, that was most of a small model's
+    checkpoint write. What is installed does not change under a running process.
+    """
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

@@ -22,23 +22,34 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime.bus import BusError, CallbackError
-from runtime.checkpoint import CheckpointError
 from runtime.config import Config, ConfigError, load_config
 from runtime.names import resolve_import
-from runtime.optim import OptimizationError
 
 log = logging.getLogger("busloop")
 
+#: User mistakes from modules that load without torch; :func:`_user_errors` adds the rest.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, BusError)
+
+#: Modules (loaded lazily, with torch) whose error class is a user mistake: module -> class.
+LAZY_USER_ERRORS = {
+    "runtime.checkpoint": "CheckpointError",
+    "runtime.optim": "OptimizationError",
+    "callbacks.archive.tarball": "ArchiveError",
+}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """USER_ERRORS, plus a bad archive's error when the archive code was loaded (lazily)."""
-    errors: tuple[type[BaseException], ...] = USER_ERRORS
-    archive = sys.modules.get("callbacks.archive.tarball")
-    if archive is not None:
-        errors += (archive.ArchiveError,)
+    """USER_ERRORS plus the errors of the lazily loaded modules that a command loaded.
+
+    A module that was never imported cannot have raised, so ``busloop --help`` needs
+    neither torch nor the checkpoint and optimizer code.
+    """
+    errors = USER_ERRORS
+    for module_name, class_name in LAZY_USER_ERRORS.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            errors += (getattr(module, class_name),)
     return errors
-
-
-USER_ERRORS = (ConfigError, BusError, CheckpointError, OptimizationError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -208,7 +219,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def _load_weights(model: Any, weights: str) -> None:
-    from runtime.checkpoint import load_checkpoint
+    from runtime.checkpoint import CheckpointError, load_checkpoint
 
     checkpoint = load_checkpoint(weights)
     try:

@@ -229,9 +229,16 @@ def zero_grad(optimizer: torch.optim.Optimizer) -> None:
     (about 30 us of a 450 us step in ``python -m benchmarks``). For an optimizer that keeps
     the base ``zero_grad`` this does what it does with ``set_to_none=True``, every parameter's
     ``.grad`` set to None, and calls the real one when a profiler is running (so traces keep
-    the ``Optimizer.zero_grad`` label) or when the optimizer overrides ``zero_grad``.
+    the ``Optimizer.zero_grad`` label) or when the optimizer's ``zero_grad`` is not the base
+    one: a subclass overrides it, or the instance carries its own (``optimizer.zero_grad =
+    wrapper``, as apex-style wrappers patch it). So the shortcut is taken only where it is
+    exactly ``zero_grad(set_to_none=True)``.
     """
-    if type(optimizer).zero_grad is not _BASE_ZERO_GRAD or torch.autograd._profiler_enabled():
+    if (
+        type(optimizer).zero_grad is not _BASE_ZERO_GRAD
+        or "zero_grad" in optimizer.__dict__
+        or torch.autograd._profiler_enabled()
+    ):
         optimizer.zero_grad(set_to_none=True)
         return
     for group in optimizer.param_groups:

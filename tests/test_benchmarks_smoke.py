@@ -14,7 +14,7 @@ import pytest
 from benchmarks.__main__ import main
 from benchmarks.dispatch import DISPATCH_CONTENDERS, run_dispatch
 from benchmarks.overhead import Contender, RunContext, TimedBatches, run_overhead
-from benchmarks.report import check_targets, machinery_line
+from benchmarks.report import check_targets, zero_grad_line
 from benchmarks.scaling import run_scaling
 from runtime.bus import Bus, CallbackError, OrderedSignal, StopEvent
 
@@ -41,23 +41,44 @@ def test_dispatch_section_reports_every_contender_and_count() -> None:
 def test_tiny_overhead_run_is_well_formed() -> None:
     section = run_overhead(contenders=["busloop", "busloop-defaults"], **TINY)
     assert section["skipped"] == {}
-    assert list(section["results"]) == ["plain", "busloop", "busloop-defaults"]
+    assert list(section["results"]) == ["plain-lean", "busloop", "busloop-defaults"]
     for entry in section["results"].values():
         assert _is_summary(entry["step_us"], 1) and _is_summary(entry["overhead_us"], 1)
-        assert entry["ratio_vs_plain"] > 0
+        assert entry["ratio_vs_baseline"] > 0
         assert entry["overhead_vs_lightning_defaults"] is None  # Lightning was not run
         assert _is_summary(entry["wall"]["step_us"], 1)
-    assert section["results"]["plain"]["overhead_us"]["median"] == 0
+    assert section["results"]["plain-lean"]["overhead_us"]["median"] == 0  # the baseline
+    assert section["baseline"] == "plain-lean" and section["figure"] == "median"
     json.dumps(section)
 
 
-def test_machinery_line_compares_busloop_with_the_lean_plain_loop() -> None:
-    section = run_overhead(contenders=["plain-lean", "busloop-defaults"], **TINY)
+def test_the_stock_plain_loop_is_a_row_scored_against_the_lean_baseline() -> None:
+    section = run_overhead(contenders=["plain", "busloop-defaults"], **TINY)
     results = section["results"]
-    expected = results["busloop-defaults"]["overhead_us"]["median"] - results["plain-lean"]["overhead_us"]["median"]
-    line = machinery_line(section)
-    assert line is not None and f"{expected:+.1f} µs" in line and "default callbacks" in line
-    assert machinery_line(run_overhead(contenders=["busloop"], **TINY)) is None  # no lean loop ran
+    assert list(results) == ["plain-lean", "plain", "busloop-defaults"]
+    line = zero_grad_line(section)
+    assert line is not None and f"{results['plain']['overhead_us']['median']:+.1f} µs/step" in line
+    assert zero_grad_line(run_overhead(contenders=["busloop"], **TINY)) is None  # no stock loop ran
+    targets = {t["target"]: t for t in check_targets({"overhead": section})}
+    expected = results["busloop-defaults"]["overhead_us"]
+    assert targets["defaults_us"]["value"] == expected["median"]
+    assert targets["defaults_us"]["min"] == expected["min"]
+    assert targets["defaults_us"]["limit"] == 10.0
+
+
+def test_every_contender_runs_several_epochs_with_validation(tmp_path: Any) -> None:
+    from benchmarks.contenders import CONTENDERS
+    from benchmarks.workload import Workload
+
+    workload = Workload(epochs=3, val_batches=2)
+    ctx = RunContext(workload, tmp_path, workload.val_batches_list())
+    for name in ("plain", "plain-lean", "busloop", "busloop-defaults"):
+        timed = TimedBatches(workload.batches(2))
+        CONTENDERS[name].fit(ctx, timed)
+        assert len(timed.starts["cpu"]) == 6, name  # fetches counted across the 3 epochs
+    runs = tmp_path / "busloop-runs"
+    assert any(p.suffix == ".ckpt" for p in runs.rglob("*")), "the default set writes checkpoints"
+    assert any("metrics" in p.name for p in runs.rglob("*")), "the local tracker writes metrics"
 
 
 def test_missing_or_excluded_peers_are_skipped_with_a_note() -> None:
@@ -66,7 +87,7 @@ def test_missing_or_excluded_peers_are_skipped_with_a_note() -> None:
         requires=("no_such_package_for_busloop_bench",),
     )
     section = run_overhead(contenders=["lightning-bare", "ignite", absent], without=("lightning", "ignite"), **TINY)
-    assert list(section["results"]) == ["plain"]
+    assert list(section["results"]) == ["plain-lean"]
     assert section["skipped"] == {
         "lightning-bare": "skipped: lightning excluded (--without lightning)",
         "ignite": "skipped: ignite excluded (--without ignite)",
@@ -83,7 +104,7 @@ def test_a_failing_contender_is_dropped_with_a_note() -> None:
     short = Contender("short", "stops early", lambda ctx, batches: next(iter(batches)))
     broken = Contender("broken", "raises", explode)
     section = run_overhead(contenders=[broken, short], **TINY)
-    assert list(section["results"]) == ["plain"]
+    assert list(section["results"]) == ["plain-lean"]
     assert section["skipped"]["broken"] == "failed: RuntimeError: boom"
     assert section["skipped"]["short"].startswith("failed: RuntimeError: the contender fetched 1")
 
@@ -104,13 +125,19 @@ def test_command_line_json_and_tables(capsys: pytest.CaptureFixture[str]) -> Non
     results = json.loads(capsys.readouterr().out)
     assert set(results) == {"overhead", "targets", "meta"}
     assert results["overhead"]["skipped"]["lightning-defaults"].startswith("skipped: lightning")
-    assert {t["target"] for t in results["targets"]} == {"defaults_vs_plain", "defaults_vs_lightning"}
+    assert {t["target"] for t in results["targets"]} == {"defaults_us", "defaults_vs_plain", "defaults_vs_lightning"}
 
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "Per-step overhead" in out and "busloop, default callbacks" in out
+    assert "Per-step overhead" in out and "busloop, default" in out
     assert "note: lightning-defaults: skipped: lightning excluded" in out
     assert "SKIP  busloop default callbacks: overhead ÷ Lightning-defaults' overhead" in out
+
+    assert main([*args, "--markdown"]) == 0
+    markdown = capsys.readouterr().out
+    assert markdown.startswith("| contender | µs / step |")
+    assert "| busloop, default callbacks + tracker |" in markdown
+    assert "| busloop default callbacks: overhead over the fastest plain loop, median |" in markdown
 
 
 def test_command_line_rejects_unknown_contenders() -> None:

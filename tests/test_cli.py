@@ -112,3 +112,22 @@ def test_callbacks_command_lists_resolved_order_and_events(tmp_path: Path, capsy
     lines = capsys.readouterr().out.splitlines()
     checkpoints = [line for line in lines if "ModelCheckpoint" in line]
     assert len(checkpoints) == 3 and all("validation_end" in line for line in checkpoints)
+
+
+def test_help_does_not_import_torch() -> None:
+    """``busloop --help`` must not pay for torch (seconds): the runtime package is lazy."""
+    code = (
+        "import sys\n"
+        "from runtime.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "import runtime\n"
+        "assert runtime.Runtime.__name__ == 'Runtime'  # still importable from the package\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "usage: busloop" in done.stdout

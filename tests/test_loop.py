@@ -309,3 +309,37 @@ def test_zero_grad_clears_grads_and_respects_overrides_and_profiler() -> None:
         _runtime(make_model(), epochs=1).fit(loader)
     names = {event.key for event in prof.key_averages()}
     assert "Optimizer.zero_grad#SGD.zero_grad" in names
+
+
+def test_zero_grad_calls_an_instance_level_patch() -> None:
+    """``optimizer.zero_grad = wrapper`` (apex-style): the loop must call the wrapper."""
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    original = optimizer.zero_grad
+    calls: list[bool] = []
+
+    def wrapper(set_to_none: bool = True) -> None:
+        calls.append(set_to_none)
+        original(set_to_none=set_to_none)
+
+    optimizer.zero_grad = wrapper  # type: ignore[method-assign]
+    loader = make_loader()
+    runtime = Runtime(model, [], base_config(epochs=1), loss=F.cross_entropy, optimizer=optimizer, tracker=NullTracker())
+    runtime.fit(loader)
+    assert calls == [True] * len(loader)
+
+
+def test_zero_grad_honours_an_inherited_override() -> None:
+    """A subclass of an overriding optimizer inherits the override; the loop calls it too."""
+
+    class Inheriting(_CountingSGD):
+        pass
+
+    model = make_model()
+    loader = make_loader()
+    optimizer = Inheriting(model.parameters(), lr=0.1)
+    runtime = Runtime(model, [], base_config(epochs=1), loss=F.cross_entropy, optimizer=optimizer, tracker=NullTracker())
+    _CountingSGD.calls = 0
+    Inheriting.calls = 0
+    runtime.fit(loader)
+    assert Inheriting.calls == len(loader)
