@@ -17,7 +17,8 @@ class UploadCheckpoint(Callback):
     """On each ``checkpoint_written`` with a monitor (a new best file of a checkpoint
     callback, loss and metric alike), upload it once through ``runtime.tracker``.
 
-    An upload that fails is logged and training goes on; the file stays on disk.
+    An upload that fails is logged and training goes on; the file stays on disk. "Uploaded"
+    is logged only when the tracker sends files beyond the run folder (``Tracker.uploads``).
     """
 
     def __init__(self) -> None:
@@ -32,4 +33,5 @@ class UploadCheckpoint(Callback):
             log.error("UploadCheckpoint: could not upload %s: %s", path, exc)
             return
         self.uploaded.append(str(path))
-        log.info("Uploaded checkpoint %s (%s = %s)", Path(path).name, monitor, score)
+        if runtime.tracker.uploads:  # a local-only tracker keeps the file where it is
+            log.info("Uploaded checkpoint %s (%s = %s)", Path(path).name, monitor, score)

@@ -329,9 +329,19 @@ def cmd_callbacks(ns: argparse.Namespace) -> int:
         events = sorted(bus.subscribe(callback), key=order.index)
         role = getattr(callback, "monitor_role", None)
         note = " [monitoring: runs after a LightningModule's on_train_epoch_end]" if role else ""
-        lines.append(f"{index + 1:>2}. {type(callback).__name__}: {', '.join(events) or '(no events)'}{note}")
+        lines.append(f"{index + 1:>2}. {_described(callback)}: {', '.join(events) or '(no events)'}{note}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _described(callback: object) -> str:
+    """The class name, with what it monitors when it monitors something (two ModelCheckpoints
+    of the default set differ only there)."""
+    monitor = getattr(callback, "monitor", None)
+    if not isinstance(monitor, str):
+        return type(callback).__name__
+    mode = getattr(callback, "mode", None)
+    return f"{type(callback).__name__}(monitor={monitor}{f', mode={mode}' if isinstance(mode, str) else ''})"
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:

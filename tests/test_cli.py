@@ -112,6 +112,12 @@ def test_callbacks_command_lists_resolved_order_and_events(tmp_path: Path, capsy
     lines = capsys.readouterr().out.splitlines()
     checkpoints = [line for line in lines if "ModelCheckpoint" in line]
     assert len(checkpoints) == 3 and all("validation_end" in line for line in checkpoints)
+    described = sorted(line.split(": ")[0].split(". ", 1)[1] for line in checkpoints)
+    assert described == [
+        "ModelCheckpoint(monitor=train/loss, mode=min)",
+        "ModelCheckpoint(monitor=val/accuracy, mode=max)",
+        "ModelCheckpoint(monitor=val/loss, mode=min)",
+    ]
 
 
 def test_help_does_not_import_torch() -> None:

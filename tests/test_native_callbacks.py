@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,21 @@ def test_model_checkpoint_keeps_the_best_k_and_uploads_each_new_best(tmp_path: P
     improvements = sum(1 for i, v in enumerate(val_losses) if i < 2 or v < sorted(val_losses[:i])[1])
     assert len(uploads) == improvements and len(set(uploads)) == len(uploads)
     assert all("last.ckpt" not in path for path in uploads)
+
+
+@pytest.mark.parametrize("uploads", [False, True])
+def test_upload_checkpoint_says_uploaded_only_when_the_tracker_uploads(
+    tmp_path: Path, uploads: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local-only tracker keeps checkpoints where they are: no "Uploaded" line for it."""
+    tracker = RecordingTracker(tmp_path / "runs")
+    tracker.uploads = uploads  # as a remote backend (MLflowTracker) declares it
+    checkpoint = ModelCheckpoint(monitor="val/loss", mode="min", save_top_k=1)
+    rt = Runtime(make_model(), [checkpoint, UploadCheckpoint()], base_config(epochs=2), loss=F.cross_entropy, tracker=tracker)
+    with caplog.at_level(logging.INFO, logger="busloop.callbacks"):
+        rt.fit(make_loader(), make_loader(32))
+    assert [kind for _, kind in tracker.artifacts].count("checkpoint") >= 1  # handed over either way
+    assert ("Uploaded checkpoint" in caplog.text) is uploads
 
 
 def test_gradient_accumulation_scheduler_changes_steps_per_epoch() -> None:

@@ -43,6 +43,9 @@ class Tracker(abc.ABC):
 
     run_dir: Path | None = None
     status: str | None = None
+    uploads: bool = False
+    """Whether ``log_artifact`` sends files somewhere beyond the run folder (a tracking
+    server or store), so that "uploaded" is true when said."""
 
     @abc.abstractmethod
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
@@ -142,6 +145,7 @@ class MultiTracker(Tracker):
         self.trackers: list[Tracker] = list(trackers)
         self.status = None
         self.run_dir = next((t.run_dir for t in self.trackers if t.run_dir is not None), None)
+        self.uploads = any(t.uploads for t in self.trackers)
 
     def _each(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         results: list[Any] = []

@@ -36,6 +36,8 @@ class MLflowTracker(Tracker):
     keeps its own copies of everything.
     """
 
+    uploads = True
+
     def __init__(
         self,
         run_dir: str | os.PathLike[str] | None = None,
