@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from callbacks.archive.callback import archive_export, verified_export
-from callbacks.archive.config import Head
-from callbacks.archive.tarball import COMPRESSIONS, ArchiveError
+from callbacks.archive.callback import archive_export, archive_options, verified_export
+from callbacks.archive.tarball import ArchiveError
 from callbacks.artifacts import publish_artifact
 from callbacks.best_checkpoint import check_preferred
 from callbacks.converters import (
@@ -40,7 +39,6 @@ from callbacks.export import export_dir, first_inputs
 from callbacks.onnx_tools import ExportError
 from runtime.callback import Callback
 from runtime.config import ConfigError
-from runtime.config_convert import structure
 from runtime.distributed import is_rank_zero
 from runtime.loop import Runtime
 from runtime.registry import register
@@ -86,11 +84,8 @@ class ConvertOnTrainEnd(Callback):
         heads: list[dict[str, Any]] | None = None,
     ) -> None:
         self.preferred_checkpoint = check_preferred(preferred_checkpoint)
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
-        self.compression = compression
+        self.compression, self.heads = archive_options(compression, heads)
         self.converters = _converters(list(converters or []))
-        self.heads = None if heads is None else structure(heads, list[Head])
         self._reset()
 
     def _reset(self) -> None:

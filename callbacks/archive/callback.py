@@ -30,7 +30,17 @@ from runtime.registry import register
 
 log = logging.getLogger("busloop.callbacks")
 
-__all__ = ["ArchiveOnTrainEnd", "archive_export"]
+__all__ = ["ArchiveOnTrainEnd", "archive_export", "archive_options"]
+
+
+def archive_options(
+    compression: str, heads: list[dict[str, Any]] | None
+) -> tuple[str, list[Head] | None]:
+    """Check the archive settings Archive and Convert share: the compression name and the
+    heads (structured into :class:`Head` s, so a bad head fails at construction)."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    return compression, None if heads is None else structure(heads, list[Head])
 
 
 def archive_export(
@@ -82,10 +92,7 @@ class ArchiveOnTrainEnd(Callback):
         heads: list[dict[str, Any]] | None = None,
     ) -> None:
         self.preferred_checkpoint = check_preferred(preferred_checkpoint)
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
-        self.compression = compression
-        self.heads = None if heads is None else structure(heads, list[Head])
+        self.compression, self.heads = archive_options(compression, heads)
         self.archive_path: Path | None = None
         self.config: ArchiveConfig | None = None
 
