@@ -43,8 +43,11 @@ Processes. DataLoader workers forked during fit inherit the Python handler; in a
 ignores the signal (a terminal's Ctrl+C reaches the whole process group, and a worker that
 died from it would crash the main process's next fetch); the main process decides and the
 workers end with the iterator. Under torchrun every rank installs the handlers and the
-ranks agree on the interrupt with one small all-reduce per batch (only when the world size
-is above 1), so all stop after the same batch; rank zero writes and uploads the file.
+ranks agree on the interrupt without stalling the step: at each training batch end a rank
+waits for the small vote it started at the previous batch end (long finished by then), reads
+it (a CPU tensor, on a gloo group also under NCCL: no device sync) and starts the next one,
+asynchronously. Every rank reads the same votes at the same batch, so all stop after the same
+batch, one batch after the signal arrived; rank zero writes and uploads the file.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class GracefulInterruptCallback(Callback):
         self._noticed = False
         self._stopping = False
         self._sync = False
+        self._vote: tuple[Any, torch.Tensor] | None = None
+        """The vote started at the last training batch end (work handle, flags), if any."""
 
     # ------------------------------------------------------------------ signal handler
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -170,9 +175,13 @@ class GracefulInterruptCallback(Callback):
             log.info("GracefulInterruptCallback is listed twice; only the first one acts")
             return
         base = self.save_dir or runtime.run_dir or Path.cwd()
-        self.path = Path(base) / RESUME_FILENAME
+        # Rank zero writes the file (only it has the run folder): every rank names its path.
+        self.path = Path(dist.broadcast_object(str(Path(base) / RESUME_FILENAME)))
         self.resume_path = None
         self._sync = dist.is_available_and_initialized() and dist.world_size() > 1
+        self._vote = None
+        if self._sync:
+            dist.control_group()  # created collectively, now, on every rank
         receivers = getattr(runtime.bus.signal("train_end"), "dispatch", ())
         if receivers and getattr(receivers[0], "__self__", None) is not self:
             log.warning(
@@ -186,7 +195,7 @@ class GracefulInterruptCallback(Callback):
             return  # the per-batch cost when nothing happened: one attribute test
         if self._stopping:
             return
-        signum = self._agreed_signal(runtime)
+        signum = self._poll_vote() if self._sync else self.received
         if signum is None:
             return
         self._notice(runtime, signum, "at the end of this training batch")
@@ -222,23 +231,43 @@ class GracefulInterruptCallback(Callback):
     def on_teardown(self, runtime: Runtime, stage: str) -> None:
         if stage == "fit":
             self._restore()
-            self.received = None
+            self.received, self._vote = None, None
 
     def on_exception(self, runtime: Runtime, exception: BaseException) -> None:
         self._restore()
 
     # ------------------------------------------------------------------ helpers
-    def _agreed_signal(self, runtime: Runtime) -> int | None:
-        """This rank's signal; under DDP, any rank's (every rank gets the same answer)."""
-        if not self._sync:
-            return self.received
-        device = runtime.device if runtime.device.type == "cuda" else torch.device("cpu")
+    def _start_vote(self) -> tuple[Any, torch.Tensor]:
         local = self.received or 0
-        flags = torch.tensor([1.0 if local else 0.0, float(local)], device=device)
-        count, total = dist.all_reduce_sum(flags).tolist()
+        flags = torch.tensor([1.0 if local else 0.0, float(local)])
+        return dist.start_all_reduce_sum(flags, dist.control_group()), flags
+
+    def _read_vote(self, vote: tuple[Any, torch.Tensor]) -> int | None:
+        """Any rank's signal from a finished vote (every rank reads the same), else None."""
+        work, flags = vote
+        if work is not None:
+            work.wait()
+        count, total = flags.tolist()
         if count == 0:
             return None
-        return local or round(total / count)
+        return (self.received or 0) or round(total / count)
+
+    def _poll_vote(self) -> int | None:
+        """Read the vote started one batch ago and start the next (none after a decision)."""
+        previous, self._vote = self._vote, None
+        signum = self._read_vote(previous) if previous is not None else None
+        if signum is None:
+            self._vote = self._start_vote()
+        return signum
+
+    def _agreed_signal(self, runtime: Runtime) -> int | None:
+        """At train end: this rank's signal; under DDP, any rank's, from the vote in flight
+        and, if that finds none, one last vote (every rank gets the same answer)."""
+        if not self._sync:
+            return self.received
+        previous, self._vote = self._vote, None
+        signum = self._read_vote(previous) if previous is not None else None
+        return signum if signum is not None else self._read_vote(self._start_vote())
 
     def _notice(self, runtime: Runtime, signum: int, when: str) -> None:
         """Log the warning and emit ``interrupt_received`` once per fit."""

@@ -349,10 +349,8 @@ class ModelCheckpoint(Callback):
         if self.save_weights_only:
             checkpoint = runtime.checkpoint_dict()
             weights = {k: checkpoint[k] for k in _WEIGHTS_ONLY_KEYS if k in checkpoint}
-            if dist.is_rank_zero():
-                save_checkpoint(weights, path)
-            dist.barrier()
-            runtime.bus.event.checkpoint_written.emit(runtime, path=Path(path), monitor=monitor, score=score)
+            if dist.rank_zero_write(lambda: save_checkpoint(weights, path), path):  # every rank learns the outcome
+                runtime.bus.event.checkpoint_written.emit(runtime, path=Path(path), monitor=monitor, score=score)
         else:
             runtime.save_checkpoint(path, monitor=monitor, score=score)
         self._last_global_step_saved = runtime.state.global_step

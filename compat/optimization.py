@@ -34,6 +34,7 @@ from compat.trainer_views import Strategy
 from runtime.errors import ConfigError
 from runtime.module import step_loss
 from runtime.optim import OptimizationError, clip_gradients
+from runtime.parallel import prepare_backward
 
 if TYPE_CHECKING:
     from runtime.core import RuntimeCore as Runtime
@@ -98,6 +99,8 @@ class LightningStrategy(Strategy):
         ``after_backward``; returns the detached loss."""
         rt = self._trainer._rt
         ev, scaler = rt.bus.event, rt.scaler
+        if not rt.automatic_optimization:
+            prepare_backward(rt, closure_loss)  # under DDP: this backward all-reduces
         if ev.before_backward.dispatch: ev.before_backward.emit(rt, loss=closure_loss)  # noqa: E701
         self.lightning_module.backward(closure_loss if scaler is None else scaler.scale(closure_loss), *args, **kwargs)
         if ev.after_backward.dispatch: ev.after_backward.emit(rt)  # noqa: E701

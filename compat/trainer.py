@@ -343,12 +343,8 @@ class TrainerFacade:
         from runtime.checkpoint import save_checkpoint
 
         st = self._rt.state
-        if dist.is_rank_zero():
-            save_checkpoint(
-                {"epoch": st.epoch, "global_step": st.global_step, "state_dict": self._rt.model.state_dict()},
-                filepath,
-            )
-        dist.barrier()
+        weights = {"epoch": st.epoch, "global_step": st.global_step, "state_dict": self._rt.model.state_dict()}
+        dist.rank_zero_write(lambda: save_checkpoint(weights, filepath), str(filepath))
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         if dist.is_rank_zero():

@@ -69,6 +69,11 @@ def _accelerator(_inst: Any, attribute: "attrs.Attribute[Any]", value: str) -> N
         )
 
 
+def _devices(_inst: Any, attribute: "attrs.Attribute[Any]", value: int | str) -> None:
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise _Problem(f"must be 'auto' or a number of devices >= 1, got {value!r}", attribute.name)
+
+
 _PRECISION_ALIASES: dict[object, str] = {
     32: "32",
     "32-true": "32",
@@ -179,6 +184,8 @@ class TrainerConfig:
     ``limit_*_batches``: ``None`` (all), an int number of batches, or a float fraction.
     ``val_check_interval``: an int number of training batches, or a float fraction of an epoch.
     ``num_sanity_val_steps``: ``-1`` runs the whole validation set before training.
+    ``strategy`` / ``devices`` / ``num_nodes``: how several processes train (``torchrun``
+    starts them; these must match it, see the README's "Several devices and machines").
     ``save_top_k``: ``-1`` keeps every checkpoint. ``input_shape``: C, H, W of one sample.
     """
 
@@ -198,6 +205,9 @@ class TrainerConfig:
     seed: int | None = None
     deterministic: bool = False
     accelerator: str = attrs.field(default="auto", validator=_accelerator)
+    strategy: str = attrs.field(default="auto", validator=_one_of("auto", "ddp", "fsdp"))
+    devices: int | str = attrs.field(default="auto", validator=_devices)
+    num_nodes: int | None = attrs.field(default=None, validator=_opt(_ge(1)))
     check_val_every_n_epoch: int | None = attrs.field(default=1, validator=_opt(_ge(1)))
     val_check_interval: int | float = attrs.field(
         default=1.0, validator=_batches_or_fraction(zero_ok=False)

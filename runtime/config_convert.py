@@ -166,6 +166,7 @@ converter.register_structure_hook(
 )
 converter.register_structure_hook(str, _strict(lambda v: isinstance(v, str), "a string", str))
 converter.register_structure_hook(int | float, _strict(_is_number, "a number", lambda v: v))
+converter.register_structure_hook(int | str, lambda value, _type: value)  # checked by the field
 converter.register_structure_hook(Any, lambda value, _type: value)
 
 

@@ -31,6 +31,7 @@ from runtime.devices import autocast_for, select_device
 from runtime.metrics import MetricStore
 from runtime.module import bridge_for, plain_loss, resolve_loss
 from runtime.optim import SchedulerConfig, configure_optimization, step_schedulers
+from runtime.parallel import check_topology
 from runtime.registry import adapt_callbacks
 from runtime.resume import ResumePoint, check_state_keys, checkpoint_of, load_for_resume, restore
 from runtime.state import LoopState
@@ -71,6 +72,7 @@ class RuntimeCore:
         self.bus = Bus()
         self.state = LoopState(max_epochs=cfg.epochs, max_steps=cfg.max_steps)
         self.device = select_device(cfg.accelerator)
+        check_topology(cfg, self.device)  # strategy / devices / num_nodes fit how we were launched
         self.loss_fn = resolve_loss(loss if loss is not None else self.config.loss)
         self.optimizer_spec: Any = optimizer if optimizer is not None else self.config.optimizer
         """What the optimizer is built from (object, factory or spec); None: configure_optimizers."""
@@ -99,6 +101,8 @@ class RuntimeCore:
         ``(optimizer, schedulers)``; ``update_parameters(runtime)`` runs after every backward."""
         self._bridge = bridge_for(model)
         self._train_model: nn.Module = model
+        self._ddp_signature: tuple[int, ...] | None = None
+        """The trainable parameters the DDP wrapper was built with; None without DDP."""
         self._autocast = autocast_for(cfg.precision, self.device)
         """The mixed-precision context the steps run in; None for full precision."""
         self._training_step: Callable[[Any, int], Any] = (
@@ -141,13 +145,17 @@ class RuntimeCore:
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, monitor: str | None = None, score: float | None = None
     ) -> Path:
-        """Write a full checkpoint atomically (rank zero writes; every rank waits)."""
+        """Write a full checkpoint atomically.
+
+        Call it on every rank: each contributes its own random state and pending logs, rank
+        zero writes, and every rank learns whether the write succeeded (a failure raises on
+        all ranks, none is left waiting). ``checkpoint_written`` fires where the file was
+        written (rank zero).
+        """
         checkpoint = self.checkpoint_dict()
         target = Path(path)
-        if dist.is_rank_zero():
-            save_checkpoint(checkpoint, target)
-        dist.barrier()
-        self.bus.event.checkpoint_written.emit(self, path=target, monitor=monitor, score=score)
+        if dist.rank_zero_write(lambda: save_checkpoint(checkpoint, target), str(target)):
+            self.bus.event.checkpoint_written.emit(self, path=target, monitor=monitor, score=score)
         return target
 
     def checkpoint_dict(self) -> dict[str, Any]:
@@ -281,12 +289,7 @@ class RuntimeCore:
         """Model to device, DDP wrapping, optimizer, schedulers, grad scaler."""
         self.model.to(self.device)
         if self._train_model is self.model:
-            self._train_model = dist.wrap_ddp(self.model, self.device)
-            if self._train_model is not self.model and self._bridge.lightning_style:
-                raise ConfigError(
-                    "DDP with a Lightning-style training_step is not supported yet; use a "
-                    "plain nn.Module with a loss"
-                )
+            self._wrap_parallel()
         if self.optimizer is None:
             self.optimizers, self.lr_scheduler_configs = configure_optimization(self)
             self.optimizer = self.optimizers[0]
@@ -296,6 +299,27 @@ class RuntimeCore:
             self.scaler = torch.amp.GradScaler(self.device.type)
         self.automatic_optimization = getattr(self.model, "automatic_optimization", True) is not False
         self._batch_override = self._bridge.training_batch(self)
+
+    def _wrap_parallel(self) -> None:
+        """Wrap the model for data-parallel training (:mod:`runtime.parallel`)."""
+        from runtime.parallel import wrap_for_training
+
+        wrap_for_training(self)
+
+    def _sync_trainable(self) -> None:
+        """Rebuild the DDP wrapper when the set of trainable parameters changed since it was
+        built (a callback unfroze or froze layers): DDP all-reduces only the parameters that
+        required grad when it was created. The loop calls this at every epoch start."""
+        if self._ddp_signature is not None and dist.trainable_signature(self.model) != self._ddp_signature:
+            log.info("Trainable parameters changed: rebuilding the DistributedDataParallel wrapper")
+            self._wrap_parallel()
+
+    def _batch_function(self) -> Callable[[Any, int, bool], dict[str, Any]]:
+        """The function that trains one batch: the bridge's or the loop's lean one, under
+        DDP with accumulation wrapped so that accumulating batches skip the all-reduce."""
+        from runtime.parallel import no_sync_batches
+
+        return no_sync_batches(self, self._batch_override or self._training_batch)  # type: ignore[attr-defined]
 
     def _step_schedulers(self, interval: str, index: int, *, plateau: bool = False) -> None:
         if not self.automatic_optimization:  # manual optimization steps its own schedulers

@@ -4,13 +4,26 @@ skipped batches)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+
+from runtime.distributed import rank as global_rank
+from runtime.distributed import world_size
+from runtime.errors import ConfigError
 
 log = logging.getLogger("busloop.data")
 
@@ -21,6 +34,7 @@ __all__ = [
     "loader_length",
     "move_to_device",
     "num_batches",
+    "RankShare",
     "set_sampler_epoch",
 ]
 
@@ -185,35 +199,105 @@ def set_sampler_epoch(loader: Iterable[Any], epoch: int) -> None:
             sampler.set_epoch(epoch)
 
 
-def distributed_loader(loader: Any, *, shuffle: bool | None = None) -> Any:
-    """A copy of ``loader`` whose sampler shards the dataset across ranks.
+class RankShare(Sampler[int]):
+    """Rank ``rank``'s share of a custom sampler: every rank draws the sampler's full index
+    sequence and takes every ``num_replicas``-th index from position ``rank``.
 
-    Loaders that already use a DistributedSampler, or that are not plain DataLoaders with a
-    default sampler, are returned unchanged.
+    Every rank must draw the same sequence: a sampler with a ``generator`` attribute left
+    None (RandomSampler, WeightedRandomSampler, SubsetRandomSampler) gets one seeded with
+    ``seed + epoch`` for the draw, so the ranks agree whatever their global random streams
+    do, and a resumed epoch draws it again. The sequence is padded by repeating its start
+    (or cut, ``drop_last``) to a multiple of ``num_replicas``, as DistributedSampler does.
     """
-    if not isinstance(loader, DataLoader) or isinstance(loader.sampler, DistributedSampler):
-        return loader
-    if loader.batch_sampler is None or type(loader.batch_sampler).__name__ != "BatchSampler":
-        log.warning("Loader with a custom batch sampler is not sharded across ranks")
-        return loader
-    if shuffle is None:
-        shuffle = isinstance(loader.sampler, RandomSampler)
-    sampler: DistributedSampler[Any] = DistributedSampler(
-        loader.dataset,  # type: ignore[arg-type]
-        shuffle=shuffle,
-        drop_last=loader.drop_last,
+
+    def __init__(self, sampler: Sampler[int], num_replicas: int, rank: int, *, drop_last: bool, seed: int = 0) -> None:
+        self.sampler, self.num_replicas, self.rank = sampler, num_replicas, rank
+        self.drop_last, self.seed, self.epoch = drop_last, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        inner = getattr(self.sampler, "set_epoch", None)
+        if callable(inner):
+            inner(epoch)
+
+    def _draw(self) -> list[int]:
+        seeded = hasattr(self.sampler, "generator") and self.sampler.generator is None
+        if seeded:
+            self.sampler.generator = torch.Generator().manual_seed(self.seed + self.epoch)  # type: ignore[attr-defined]
+        try:
+            return list(self.sampler)
+        finally:
+            if seeded:
+                self.sampler.generator = None  # type: ignore[attr-defined]
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self._draw()
+        total = len(self) * self.num_replicas
+        if total > len(indices):
+            indices += (indices * math.ceil(total / max(len(indices), 1)))[: total - len(indices)]
+        return iter(indices[:total][self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        length = len(self.sampler)  # type: ignore[arg-type]
+        return length // self.num_replicas if self.drop_last else math.ceil(length / self.num_replicas)
+
+
+def _distributed_aware(sampler: object) -> bool:
+    """Whether a (batch) sampler already splits its data across ranks."""
+    inner = getattr(sampler, "sampler", None)
+    return (
+        isinstance(sampler, DistributedSampler | RankShare)
+        or isinstance(inner, DistributedSampler | RankShare)
+        or hasattr(sampler, "num_replicas")
     )
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        persistent_workers=loader.persistent_workers,
-        prefetch_factor=loader.prefetch_factor,
-        generator=loader.generator,
-    )
+
+
+def distributed_loader(loader: Any, *, shuffle: bool | None = None, seed: int = 0) -> Any:
+    """A copy of ``loader`` whose sampler gives this rank its share of the dataset.
+
+    The copy keeps every option of the loader (workers, ``multiprocessing_context``,
+    ``pin_memory``, ``collate_fn``, generator, its class ...): only the sampler changes. A
+    default sampler becomes a DistributedSampler (shuffled when the loader shuffles; ``seed``
+    seeds the shuffle); a custom one (e.g. WeightedRandomSampler) is kept and wrapped in
+    :class:`RankShare`. Loaders that already shard (a DistributedSampler, a batch sampler
+    with ``num_replicas``) and iterables that are not DataLoaders are returned unchanged; a
+    custom batch sampler that does not shard is an error (busloop cannot split it).
+    """
+    if not isinstance(loader, DataLoader) or loader.batch_sampler is None and loader.sampler is None:
+        return loader
+    if _distributed_aware(loader.sampler) or _distributed_aware(loader.batch_sampler):
+        return loader
+    batch_sampler = loader.batch_sampler
+    if batch_sampler is None or type(batch_sampler) is not BatchSampler:
+        if isinstance(loader.dataset, IterableDataset):
+            return loader  # an iterable dataset shards itself (get_worker_info / the rank)
+        raise ConfigError(
+            f"the loader's batch_sampler {type(batch_sampler).__name__} does not split the data "
+            "across ranks (no num_replicas); give it a DistributedSampler or shard it by rank"
+        )
+    num_replicas, rank = world_size(), global_rank()
+    original: Sampler[int] = loader.sampler  # type: ignore[assignment]  # a map-style loader's
+    if type(original) in (RandomSampler, SequentialSampler) and not _draws_differently(original):
+        sampler: Sampler[int] = DistributedSampler(
+            loader.dataset,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=isinstance(original, RandomSampler) if shuffle is None else shuffle,
+            seed=seed,
+            drop_last=loader.drop_last,
+        )
+    else:
+        sampler = RankShare(original, num_replicas, rank, drop_last=loader.drop_last, seed=seed)
+    sharded = copy.copy(loader)
+    # DataLoader forbids setting these after __init__; the copy is ours and not iterated yet.
+    object.__setattr__(sharded, "sampler", sampler)
+    object.__setattr__(sharded, "batch_sampler", BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last))
+    object.__setattr__(sharded, "_iterator", None)
+    return sharded
+
+
+def _draws_differently(sampler: Sampler[int]) -> bool:
+    """A RandomSampler with replacement, its own length or its own generator is kept as is."""
+    if not isinstance(sampler, RandomSampler):
+        return False
+    return sampler.replacement or sampler._num_samples is not None or sampler.generator is not None

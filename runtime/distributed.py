@@ -20,10 +20,13 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = [
+    "StepForward",
+    "all_gather_object",
     "all_reduce",
     "all_reduce_sum",
     "barrier",
     "broadcast_object",
+    "control_group",
     "destroy_process_group",
     "init_process_group",
     "is_available_and_initialized",
@@ -32,6 +35,9 @@ __all__ = [
     "local_rank",
     "rank",
     "rank_zero_only",
+    "rank_zero_write",
+    "start_all_reduce_sum",
+    "trainable_signature",
     "world_size",
     "wrap_ddp",
 ]
@@ -183,11 +189,96 @@ def rank_zero_only(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without a process group).
+
+    For small per-rank state (random generator states, pending logs) that rank zero writes
+    into a checkpoint for all.
+    """
+    if not is_available_and_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def rank_zero_write(write: Callable[[], Any], what: str) -> bool:
+    """Run ``write`` on rank zero; every rank learns whether it succeeded.
+
+    Replaces "rank zero writes, every rank waits at a barrier": a write that fails on rank
+    zero would leave the others waiting forever. Here one all-reduce carries the outcome; a
+    failure is re-raised on rank zero and raised as ``RuntimeError`` naming ``what`` on every
+    other rank, so all ranks leave together. Returns whether this rank wrote (rank zero).
+    """
+    error: BaseException | None = None
+    if is_rank_zero():
+        try:
+            write()
+        except Exception as exc:
+            error = exc
+    if is_available_and_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor([0.0 if error is None else 1.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=control_group())
+        if error is None and flag.item() > 0:
+            raise RuntimeError(f"rank 0 failed to write {what}; see rank 0's log")
+    if error is not None:
+        raise error
+    return is_rank_zero()
+
+
+def start_all_reduce_sum(t: torch.Tensor, group: Any = None) -> Any:
+    """Start summing ``t`` over the ranks of ``group`` in place and return the work handle
+    (call ``wait()`` on it before reading ``t``); None without a process group."""
+    if not is_available_and_initialized() or dist.get_world_size() == 1:
+        return None
+    return dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group, async_op=True)
+
+
+_CONTROL_GROUP: dict[str, Any] = {}
+
+
+def control_group() -> Any:
+    """A gloo process group for small CPU-side votes (None: the default group is gloo).
+
+    Under NCCL a vote on a CUDA tensor and reading it back syncs the device; a CPU tensor on
+    a gloo group does not. Created once, collectively: the first call must happen on every
+    rank (the runtime makes it when training starts).
+    """
+    if not is_available_and_initialized() or dist.get_backend() == "gloo":
+        return None
+    if "group" not in _CONTROL_GROUP:
+        _CONTROL_GROUP["group"] = dist.new_group(backend="gloo")
+    return _CONTROL_GROUP["group"]
+
+
+def trainable_signature(module: nn.Module) -> tuple[int, ...]:
+    """Which parameters train now (their ids): DDP all-reduces the ones that trained when it
+    was built, so a change means the wrapper must be rebuilt."""
+    return tuple(id(p) for p in module.parameters() if p.requires_grad)
+
+
+class StepForward(nn.Module):
+    """Routes a Lightning-style module's steps through ``forward`` (what DDP wraps).
+
+    DDP prepares its gradient all-reduce in its ``forward``; a training_step called on the
+    bare module would bypass it. ``StepForward(module)(step, batch, batch_idx)`` calls
+    ``step(batch, batch_idx)`` (a bound step of ``module``), so wrapping this object in DDP
+    runs every step through DDP's forward, as Lightning's own wrapper does.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, step: Callable[..., Any], batch: Any, batch_idx: int) -> Any:
+        return step(batch, batch_idx)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, *, find_unused_parameters: bool = False) -> nn.Module:
     """``model`` in DistributedDataParallel when several ranks train, else ``model`` itself."""
     if not is_available_and_initialized() or world_size() == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)

@@ -134,6 +134,7 @@ class Runtime(RuntimeCore):
         metrics.begin_stage("train")
         st.training = True
         ev.train_epoch_start.emit(self)
+        self._sync_trainable()  # DDP: rebuild the wrapper if a callback (un)froze parameters
         validates = val_loader is not None and st.num_val_batches > 0 and self._is_val_epoch()
         val_every = self._val_check_batches(n)
         if resume is not None and resume.val_pending and val_loader is not None and validates:
@@ -143,7 +144,7 @@ class Runtime(RuntimeCore):
         # model that overrides optimization hooks or optimizes manually brings its own batch
         # function (chosen once, in _configure_optimization); every other model runs the lean one.
         batch_start, batch_end = ev.train_batch_start, ev.train_batch_end
-        training_batch, transfer = self._batch_override or self._training_batch, self._transfer
+        training_batch, transfer = self._batch_function(), self._transfer  # DDP: no_sync while accumulating
         log_every, last_logged = cfg.log_every_n_steps, self._logged_step
         max_steps = math.inf if st.max_steps is None else st.max_steps
         self._val_pending = False

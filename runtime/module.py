@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -136,6 +136,18 @@ class ModuleBridge:
                 step = _batch_only(step)
             self._steps[stage] = step
             return step
+
+    def route_steps(
+        self, stages: Sequence[str], through: Callable[[Callable[..., Any]], Callable[..., Any]]
+    ) -> None:
+        """From now on, :meth:`step` of each of ``stages`` is ``through(model's step)``: under
+        DDP the steps run through the wrapper's forward (:mod:`runtime.parallel`). Routing
+        again replaces the previous route."""
+        for stage in stages:
+            self._steps.pop(stage, None)
+            step = self.step(stage)
+            if step is not None:
+                self._steps[stage] = through(step)
 
     def hooks(self) -> Iterator[tuple[str, Callable[..., None]]]:
         """``(event, receiver)`` for each hook the model overrides."""

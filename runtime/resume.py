@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from runtime import distributed as dist
 from runtime.bus import BusError
 from runtime.checkpoint import (
     FORMAT_KEY,
@@ -81,6 +82,11 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
         state = state_dict() if callable(state_dict) else None
         if state:
             callback_states[state_key(callback)] = state
+    pending = runtime.metrics.pending("train")
+    epoch_rng = None if epoch_done else epoch_rng
+    # Each rank draws its own random numbers and logs its own values: rank zero writes
+    # every rank's (a collective: every rank builds the checkpoint).
+    ranks = dist.all_gather_object({"rng": rng_state(), "epoch_rng": epoch_rng, "pending_logs": pending})
     checkpoint = {
         FORMAT_KEY: FORMAT_VERSION,
         "epoch": st.epoch,
@@ -90,8 +96,9 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
             "batch_idx": st.batch_idx,
             "epoch_done": epoch_done,
             "val_pending": val_pending,
-            "epoch_rng": None if epoch_done else epoch_rng,
-            "pending_logs": runtime.metrics.pending("train"),
+            "epoch_rng": epoch_rng,
+            "pending_logs": pending,
+            **({"ranks": ranks} if len(ranks) > 1 else {}),
         },
         "state_dict": runtime.model.state_dict(),
         "optimizer_states": [optimizer.state_dict() for optimizer in runtime.optimizers],
@@ -185,15 +192,44 @@ def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLik
         return None
     st.epoch = int(loop["epoch"])
     st.batch_idx = int(loop["batch_idx"])
-    runtime.metrics.restore_pending("train", loop.get("pending_logs", {}))
+    mine = _this_rank(loop, checkpoint, path)
+    runtime.metrics.restore_pending("train", mine["pending_logs"])
     log.info("Resumed from %s at epoch %d, batch %d, step %d", path, st.epoch, st.batch_idx, st.global_step)
     return ResumePoint(
         batch_idx=st.batch_idx,
         epoch_done=bool(loop["epoch_done"]),
-        epoch_rng=loop.get("epoch_rng"),
+        epoch_rng=mine["epoch_rng"],
         val_pending=bool(loop.get("val_pending", False)),
-        rng=checkpoint.get("rng"),
+        rng=mine["rng"],
     )
+
+
+def _this_rank(loop: dict[str, Any], checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """This rank's random states and not yet reduced logs from a checkpoint.
+
+    Same world size: the rank's own entry (exact resume). A different one: rank zero takes
+    every saved rank's pending logs (the epoch's reduction sums over ranks, so the epoch mean
+    is unchanged) and each rank the random state of its rank number, if saved, else rank 0's.
+    """
+    saved = loop.get("ranks") or [
+        {"rng": checkpoint.get("rng"), "epoch_rng": loop.get("epoch_rng"), "pending_logs": loop.get("pending_logs", {})}
+    ]
+    rank, world = dist.rank(), dist.world_size()
+    if len(saved) == world:
+        return dict(saved[rank])
+    log.warning(
+        "%s was written by %d process(es), this run has %d: the random streams are not "
+        "continued exactly", path, len(saved), world,
+    )
+    merged: dict[str, Any] = {}
+    if rank == 0:
+        for entry in saved:
+            for name, logged in entry["pending_logs"].items():
+                into = merged.setdefault(name, {"values": [], "sizes": []})
+                into["values"] += list(logged["values"])
+                into["sizes"] += list(logged["sizes"])
+    own = saved[rank] if rank < len(saved) else saved[0]
+    return {"rng": own["rng"], "epoch_rng": own["epoch_rng"], "pending_logs": merged}
 
 
 def _load_optimizers(runtime: Runtime, states: list[Any], path: str | os.PathLike[str]) -> None:
