@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -379,7 +380,11 @@ class ModelCheckpoint(Callback):
 
     def _remove(self, path: str) -> None:
         if dist.is_rank_zero():
-            Path(path).unlink(missing_ok=True)
+            target = Path(path)
+            if target.is_dir():  # a sharded checkpoint folder (trainer.strategy=fsdp)
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
 
     def _exists(self, path: str) -> bool:
         return bool(dist.broadcast_object(Path(path).exists() if dist.is_rank_zero() else False))

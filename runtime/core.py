@@ -101,6 +101,9 @@ class RuntimeCore:
         ``(optimizer, schedulers)``; ``update_parameters(runtime)`` runs after every backward."""
         self._bridge = bridge_for(model)
         self._train_model: nn.Module = model
+        self.sharded = False
+        """True while the model is sharded with FSDP2 (``trainer.strategy: fsdp``): checkpoints
+        are then folders written by every rank (:mod:`runtime.fsdp`)."""
         self._ddp_signature: tuple[int, ...] | None = None
         """The trainable parameters the DDP wrapper was built with; None without DDP."""
         self._autocast = autocast_for(cfg.precision, self.device)
@@ -154,7 +157,13 @@ class RuntimeCore:
         """
         checkpoint = self.checkpoint_dict()
         target = Path(path)
-        if dist.rank_zero_write(lambda: save_checkpoint(checkpoint, target), str(target)):
+        if self.sharded:  # FSDP: a folder of shards plus rank zero's metadata file
+            from runtime.fsdp import save_sharded
+
+            written = save_sharded(self, checkpoint, target)
+        else:
+            written = dist.rank_zero_write(lambda: save_checkpoint(checkpoint, target), str(target))
+        if written:
             self.bus.event.checkpoint_written.emit(self, path=target, monitor=monitor, score=score)
         return target
 

@@ -47,7 +47,7 @@ def wrap_for_training(rt: Runtime) -> None:
     if rt.config.trainer.strategy == "fsdp":
         from runtime.fsdp import shard_model
 
-        rt._train_model = shard_model(rt)
+        rt._train_model, rt.sharded = shard_model(rt), True
         return
     bridge = rt._bridge
     if not bridge.lightning_style:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -145,12 +146,20 @@ def load_for_resume(runtime: Runtime, path: str | os.PathLike[str]) -> dict[str,
 
     A Lightning checkpoint busloop cannot continue exactly is refused before anything loads.
     """
-    checkpoint = load_checkpoint(path, map_location=runtime.device)
+    sharded = Path(path).is_dir()
+    if sharded:  # an FSDP checkpoint folder: the sharded weights and optimizer states load here
+        from runtime.fsdp import load_sharded
+
+        checkpoint = load_sharded(runtime, Path(path))
+    else:
+        checkpoint = load_checkpoint(path, map_location=runtime.device)
     if "loop" not in checkpoint:
         lightning_resume_epoch(checkpoint, path)
     dm = runtime.datamodule
     if dm is not None and type(dm).__qualname__ in checkpoint:
         dm.load_state_dict(checkpoint[type(dm).__qualname__])
+    if sharded:
+        return checkpoint
     try:
         runtime.model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, RuntimeError) as exc:

@@ -30,6 +30,7 @@ from runtime.cli import main as cli_main
 from runtime.config import load_config
 from runtime.data import RankShare, distributed_loader
 from runtime.errors import ConfigError
+from runtime.fsdp import main as fsdp_main
 from runtime.parallel import check_topology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +156,34 @@ def test_sigterm_to_both_ranks_then_resume_equals_the_uninterrupted_run(tmp_path
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.ckpt")] == ["stopped/runs/0-job/resume.ckpt"]
     for job in ("full", "stopped", "resumed"):
         assert len(list((tmp_path / job / "runs").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_checkpoints_resume_exactly_and_consolidate(tmp_path: Path) -> None:
+    """tests/scripts/ddp_resume.py with trainer.strategy=fsdp (FSDP2 on gloo, CPU), then the
+    resume folder consolidated here, in one process, into one weights_only file."""
+    _torchrun("ddp_resume.py", str(tmp_path), "fsdp")
+    rank0, rank1 = _ranks(tmp_path)
+    for rank in (rank0, rank1):
+        assert rank["full"]["sharded"] and rank["resumed"]["sharded"]  # parameters are DTensor shards
+        assert rank["stopped"]["stopped_at"] == (1, 3, 9)
+        assert _identical(rank["full"]["weights"], rank["resumed"]["weights"])  # bitwise
+        assert rank["full"]["metrics"] == rank["resumed"]["metrics"]
+        assert rank["full"]["history"] == rank["resumed"]["history"]
+        assert rank["bf16"]["dtypes"] == {"torch.bfloat16"}  # the policy from trainer.precision
+    assert _identical(rank0["full"]["weights"], rank1["full"]["weights"])
+    assert rank0["bf16"]["metrics"] == rank1["bf16"]["metrics"]
+
+    folder = tmp_path / "stopped" / "runs" / "0-job" / "resume.ckpt"
+    assert folder.is_dir() and {p.name for p in folder.iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp", "busloop.pt"}
+    out = tmp_path / "consolidated.ckpt"
+    assert fsdp_main([str(folder), str(out)]) == 0
+    single = torch.load(out, weights_only=True)
+    assert _identical(single["state_dict"], rank0["stopped"]["weights"])  # the full weights at the stop
+    assert single["loop"]["batch_idx"] == 3 and single["global_step"] == 9
+    with pytest.raises(SystemExit) as exit_info:
+        fsdp_main([str(tmp_path), str(tmp_path / "x.ckpt")])
+    assert exit_info.value.code == 2
 
 
 # ---------------------------------------------------------------------- single process

@@ -10,6 +10,8 @@ with its own seed, so the ranks' random streams differ), each in its own folder:
   writes ``resume.ckpt``;
 - ``resumed``: a fresh model, the random generators scrambled, resumed from that file.
 
+A second argument ``fsdp`` runs the same job with ``trainer.strategy: fsdp`` (FSDP2 shards,
+``resume.ckpt`` a folder of shards); the weights saved are then gathered full tensors.
 Each rank saves the weights, metrics and history of each fit, where ``stopped`` stopped,
 and how many blocking all-reduces GracefulInterruptCallback made at batch ends, to ``<out>/rank<R>.pt``.
 """
@@ -69,7 +71,28 @@ class SigtermAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def fit(out: Path, extra: list[Any], ckpt_path: Path | None = None) -> dict[str, Any]:
+def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer as a full tensor (gathered from the shards under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return {k: v.detach().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+class ComputeDtype(Callback):
+    """Records the dtype of the first layer's weight as its forward sees it (FSDP's policy)."""
+
+    def __init__(self) -> None:
+        self.dtypes: set[str] = set()
+
+    def on_fit_start(self, runtime: Runtime) -> None:
+        layer = runtime.model[0]  # type: ignore[index]
+        layer.register_forward_pre_hook(lambda module, args: self.dtypes.add(str(module.weight.dtype)))
+
+
+def fit(
+    out: Path, extra: list[Any], ckpt_path: Path | None = None, strategy: str = "auto", precision: str = "32"
+) -> dict[str, Any]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 2))
     generator = torch.Generator().manual_seed(0)
@@ -78,7 +101,8 @@ def fit(out: Path, extra: list[Any], ckpt_path: Path | None = None) -> dict[str,
     val = DataLoader(TensorDataset(x[:32], (x[:32].sum(1) > 0).long()), batch_size=8)
     config = {
         "optimizer": {"name": "SGD", "params": {"lr": 0.1, "momentum": 0.9}},
-        "trainer": {"epochs": 2, "seed": 1, "num_sanity_val_steps": 0, "accelerator": "cpu"},
+        "trainer": {"epochs": 2, "seed": 1, "num_sanity_val_steps": 0, "accelerator": "cpu", "strategy": strategy,
+                    "precision": precision},
         "tracker": {"save_directory": str(out / "runs"), "run_name": "job"},
     }
     interrupt = GracefulInterruptCallback()
@@ -86,7 +110,8 @@ def fit(out: Path, extra: list[Any], ckpt_path: Path | None = None) -> dict[str,
     state = rt.fit(train, val, ckpt_path=ckpt_path)
     rt.close()
     return {
-        "weights": {k: v.clone() for k, v in model.state_dict().items()},
+        "weights": full_weights(model),
+        "sharded": rt.sharded and type(next(model.parameters())).__name__ == "DTensor",
         "metrics": dict(state.metrics),
         "history": [dict(h) for h in state.history],
         "interrupted": state.interrupted,
@@ -95,17 +120,20 @@ def fit(out: Path, extra: list[Any], ckpt_path: Path | None = None) -> dict[str,
     }
 
 
-def main(out: Path) -> None:
-    results: dict[str, Any] = {"full": fit(out / "full", [])}
+def main(out: Path, strategy: str) -> None:
+    results: dict[str, Any] = {"full": fit(out / "full", [], strategy=strategy)}
     kill = SigtermAt(1, 1 if dist.rank() == 0 else 2)
-    results["stopped"] = fit(out / "stopped", [kill])
+    results["stopped"] = fit(out / "stopped", [kill], strategy=strategy)
     results["blocking_votes"] = BLOCKING_VOTES[0]
     path = results["stopped"]["resume_path"]
     resume = Path(path) if path else next((out / "stopped").rglob("resume.ckpt"))
     torch.manual_seed(12345 + dist.rank())  # nothing of this stream may survive the restore
-    results["resumed"] = fit(out / "resumed", [], ckpt_path=resume)
+    results["resumed"] = fit(out / "resumed", [], ckpt_path=resume, strategy=strategy)
+    if strategy == "fsdp":  # FSDP's mixed precision policy follows trainer.precision
+        dtype = ComputeDtype()
+        results["bf16"] = {**fit(out / "bf16", [dtype], strategy=strategy, precision="bf16-mixed"), "dtypes": dtype.dtypes}
     torch.save(results, out / f"rank{dist.rank()}.pt")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "auto")
