@@ -35,7 +35,7 @@ from callbacks.converters import (
     ConverterError,
     make_converter,
 )
-from callbacks.export import export_dir, first_inputs
+from callbacks.export import export_dir, first_inputs, skip_sharded
 from callbacks.onnx_tools import ExportError
 from runtime.callback import Callback
 from runtime.config import ConfigError
@@ -107,9 +107,9 @@ class ConvertOnTrainEnd(Callback):
 
     def on_train_end(self, runtime: Runtime) -> None:
         self._reset()
-        if runtime.state.interrupted or not is_rank_zero():
-            return
         who = type(self).__name__
+        if runtime.state.interrupted or not is_rank_zero() or skip_sharded(runtime, who):
+            return
         missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
         if missing:
             log.warning(

@@ -237,6 +237,18 @@ def export_dir(runtime: Runtime) -> Path:
     return (runtime.run_dir or Path.cwd()) / "export"
 
 
+def skip_sharded(runtime: Runtime, who: str) -> bool:
+    """Whether the model is FSDP-sharded (``trainer.strategy: fsdp``): rank zero alone cannot
+    run it, so train-end export work is skipped with a warning saying what to do instead."""
+    if not getattr(runtime, "sharded", False):
+        return False
+    log.warning(
+        "%s: skipped, the model is sharded (trainer.strategy=fsdp); consolidate the checkpoint "
+        "with `python -m runtime.fsdp FOLDER OUT.ckpt` and export from that file", who,
+    )
+    return True
+
+
 @register()
 class ExportOnTrainEnd(Callback):
     """Export the best checkpoint to ONNX at ``train_end`` and verify it with onnxruntime.
@@ -251,7 +263,7 @@ class ExportOnTrainEnd(Callback):
 
     def on_train_end(self, runtime: Runtime) -> None:
         self.result = None
-        if runtime.state.interrupted or not is_rank_zero():
+        if runtime.state.interrupted or not is_rank_zero() or skip_sharded(runtime, type(self).__name__):
             return
         try:
             self.result = self.export(runtime, load_best=True)

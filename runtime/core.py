@@ -100,6 +100,11 @@ class RuntimeCore:
         """Optional object owning optimization: ``configure_optimizers(runtime)`` returns
         ``(optimizer, schedulers)``; ``update_parameters(runtime)`` runs after every backward."""
         self._bridge = bridge_for(model)
+        if cfg.strategy == "fsdp" and self._bridge.lightning_style and dist.world_size() > 1:
+            raise ConfigError(
+                "trainer.strategy=fsdp: Lightning-style modules (training_step) are not supported "
+                "with FSDP yet; use trainer.strategy=ddp"
+            )
         self._train_model: nn.Module = model
         self.sharded = False
         """True while the model is sharded with FSDP2 (``trainer.strategy: fsdp``): checkpoints

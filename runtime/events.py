@@ -80,7 +80,7 @@ EVENTS: dict[str, tuple[str, ...]] = {
 #: One-line descriptions of busloop's own events (Lightning's are documented by Lightning).
 EVENT_DOCS: dict[str, str] = {
     "epoch_metrics": "a stage's epoch metrics were reduced into state.metrics",
-    "checkpoint_written": "a checkpoint file was written (monitor/score may be None)",
+    "checkpoint_written": "a checkpoint file was written (on the rank that wrote it: rank zero; monitor/score may be None)",
     "artifact_produced": "a file was produced: kind is 'onnx', 'archive', 'blob', ...",
     "interrupt_received": "SIGINT/SIGTERM arrived during fit (signal is its number)",
 }

@@ -47,12 +47,7 @@ def shard_model(rt: Runtime) -> nn.Module:
     root; return the model (sharded in place)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    model = rt.model
-    if rt._bridge.lightning_style:
-        raise ConfigError(
-            "trainer.strategy=fsdp: Lightning-style modules (training_step) are not supported "
-            "with FSDP yet; use trainer.strategy=ddp"
-        )
+    model = rt.model  # a plain module: RuntimeCore refuses Lightning-style ones under fsdp
     policy = MixedPrecisionPolicy()
     if rt.config.trainer.precision == "bf16-mixed":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

@@ -25,6 +25,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from runtime import Runtime
 from runtime import distributed as dist
 from runtime.cli import main as cli_main
 from runtime.config import load_config
@@ -32,6 +33,7 @@ from runtime.data import RankShare, distributed_loader
 from runtime.errors import ConfigError
 from runtime.fsdp import main as fsdp_main
 from runtime.parallel import check_topology
+from runtime.tracking import NullTracker
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "scripts"
@@ -209,6 +211,17 @@ def test_topology_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="16-mixed.*fsdp"):
         check_topology(_trainer(strategy="fsdp", precision="16-mixed"), cpu)
     check_topology(_trainer(devices=2, num_nodes=2, strategy="ddp"), cpu)
+
+
+def test_fsdp_refuses_lightning_style_modules_before_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Stepping(torch.nn.Linear):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return self(batch[0]).sum()
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="trainer.strategy=fsdp: Lightning-style modules"):
+        Runtime(Stepping(2, 2), [], {"trainer": {"strategy": "fsdp"}}, tracker=NullTracker())
+    Runtime(Stepping(2, 2), [], {"trainer": {"strategy": "ddp"}}, tracker=NullTracker())
 
 
 def test_cli_refuses_devices_without_torchrun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ from callbacks.archive.config import ArchiveConfig, Head
 from callbacks.archive.tarball import COMPRESSIONS, ArchiveError, write_archive
 from callbacks.artifacts import publish_artifact
 from callbacks.best_checkpoint import check_preferred
-from callbacks.export import ExportOnTrainEnd, ExportResult, export_name
+from callbacks.export import ExportOnTrainEnd, ExportResult, export_name, skip_sharded
 from callbacks.onnx_tools import ExportError
 from runtime.callback import Callback
 from runtime.config import ConfigError
@@ -98,9 +98,9 @@ class ArchiveOnTrainEnd(Callback):
 
     def on_train_end(self, runtime: Runtime) -> None:
         self.archive_path, self.config = None, None
-        if runtime.state.interrupted or not is_rank_zero():
-            return
         who = type(self).__name__
+        if runtime.state.interrupted or not is_rank_zero() or skip_sharded(runtime, who):
+            return
         try:
             export = verified_export(runtime, self.preferred_checkpoint, who)
             if export is None:
