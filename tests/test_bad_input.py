@@ -147,20 +147,32 @@ def test_a_good_checkpoint_still_resumes_and_tests(tmp_path: Path, capsys: pytes
 
 @pytest.fixture
 def marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A path the data factory ``bad_input_job:marked_loaders`` writes when it runs."""
+    """A path the factories ``bad_input_job:marked_model`` / ``marked_loaders`` write (with
+    the suffix ``.model`` / ``.data``) when they run."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
-    return tmp_path / "data_was_built"
+    return tmp_path / "built"
 
 
 def _marked(marker: Path) -> list[str]:
-    return [*FAST, "data.factory=bad_input_job:marked_loaders", f"data.params={{marker: '{marker}'}}"]
+    return [
+        *FAST,
+        "model.factory=bad_input_job:marked_model",
+        f"model.params.marker={marker}.model",
+        "data.factory=bad_input_job:marked_loaders",
+        f"data.params={{marker: '{marker}.data'}}",
+    ]
+
+
+def _built(marker: Path) -> list[str]:
+    """What the job built: "model" and / or "data"."""
+    return [part for part in ("model", "data") if Path(f"{marker}.{part}").exists()]
 
 
 def test_the_marked_factory_runs_when_nothing_is_wrong(capsys: pytest.CaptureFixture[str], marker: Path) -> None:
     """The control for the corpus below, which runs this job with one mistake each and
     checks that the mistake is reported before this data factory runs."""
     assert main(["train", *_marked(marker), "trainer.smart_cfg_auto_populate=false"]) == 0
-    assert marker.exists()
+    assert _built(marker) == ["model", "data"]
 
 
 def test_an_error_inside_a_users_factory_names_the_factory_key(
@@ -190,12 +202,12 @@ def test_tensorboard_backend_without_the_package_names_the_extra(tmp_path: Path)
     absent = tmp_path / "absent"
     absent.mkdir()
     (absent / "sitecustomize.py").write_text("import sys\nsys.modules['tensorboard'] = None  # simulates an absent package\n")
-    marker = tmp_path / "data_was_built"
+    marker = tmp_path / "built"
     argv = [*_marked(marker), "tracker.backends=[local, tensorboard]"]
     proc = _busloop(tmp_path, "train", *argv, pythonpath=(absent,))
     os.chdir(tmp_path)
     _one_line_error(proc.returncode, proc.stderr, "tracker.backends", "pip install 'busloop[tensorboard]'")
-    assert not marker.exists()
+    assert not _built(marker)
 
 
 @pytest.mark.slow
@@ -325,10 +337,11 @@ TABLE = [
 def test_corpus_of_broken_overrides(
     capsys: pytest.CaptureFixture[str], marker: Path, overrides: list[str], key: str, detail: str
 ) -> None:
-    """Each mistake: exit 2, one line naming the key, and reported before the data is built."""
+    """Each mistake: exit 2, one line naming the key, reported before the model and the
+    data are built."""
     rc, err = _run(capsys, "train", *_marked(marker), *overrides)
     _one_line_error(rc, err, key, detail)
-    assert not marker.exists(), "the data was built before the mistake was reported"
+    assert not _built(marker), "the job was built before the mistake was reported"
 
 
 def test_the_corpus_is_large_and_reaches_every_level() -> None:

@@ -1,7 +1,8 @@
 """Config factories for ``tests/test_bad_input.py`` (with ``tests/scripts`` on the path).
 
-``marked_loaders`` is the digits job's data factory that first writes a marker file, so a
-test can tell whether the data was built before a mistake was reported; ``failing_loaders``
+``marked_model`` and ``marked_loaders`` are the digits job's factories that first write a
+marker file, so a test can tell whether the model or the data was built before a mistake
+was reported; ``failing_loaders``
 raises inside the factory, as a user's factory with a bug or a bad value would.
 """
 
@@ -10,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.examples.digits import build_loaders
+from runtime.examples.digits import DigitsClassifier, build_loaders
+
+
+def marked_model(marker: str, channels: int = 32, num_classes: int = 10) -> DigitsClassifier:
+    """The digits model, after touching ``marker``."""
+    Path(marker).write_text("the model factory ran\n")
+    return DigitsClassifier(channels=channels, num_classes=num_classes)
 
 
 def marked_loaders(
