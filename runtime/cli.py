@@ -6,8 +6,11 @@ layer); this module alone imports all of them and ``benchmarks`` (lazily, per co
 ``busloop --help`` stays quick). It builds the job from the config factories, the callbacks
 from ``callbacks.build_callbacks`` and hands both to :class:`runtime.Runtime`.
 
-User mistakes (config, checkpoint, callback registration) exit with code 2 and one line;
-``--debug`` shows the traceback. A run that fails inside a callback or step exits 1.
+User mistakes (config, checkpoint, callback registration, an error inside a user's factory)
+exit with code 2 and one line; ``--debug`` shows the traceback. The whole job is checked
+(:func:`runtime.job.check_job`) before the data and the model are built, and everything that
+can fail on the user's input fails before a run folder exists. A run that fails inside a
+callback or step exits 1.
 """
 
 from __future__ import annotations
@@ -158,13 +161,16 @@ def _held_logs() -> Iterator[None]:
                     handler.handle(record)
 
 
-def _prepare(cfg: Config, checkpoint: str | None, *, resume: bool = False, callbacks: bool = True) -> Any:
+def _prepare(
+    cfg: Config, checkpoint: str | None, *, resume: bool = False, callbacks: bool = True
+) -> tuple[Any, dict[str, Any], list[object]]:
     """Check the whole job, then build it: ``(model, loaders, callbacks)``.
 
     The config (loss, optimizer, scheduler, tracker backends, factories, callbacks) and the
-    checkpoint are checked before the data and the model are built, and the checkpoint's
-    weights are loaded into the model before any run folder exists: one code path for
-    ``--resume``, ``trainer.resume_from`` and ``--weights``.
+    checkpoint are checked before the data and the model are built (after seeding, when
+    ``trainer.seed`` is set), and the checkpoint's weights are loaded into the model before
+    any run folder exists: one code path for ``--resume``, ``trainer.resume_from`` and
+    ``--weights``.
     """
     from runtime.devices import seed_everything
     from runtime.job import build_job, check_job
@@ -172,6 +178,7 @@ def _prepare(cfg: Config, checkpoint: str | None, *, resume: bool = False, callb
 
     with _held_logs():
         loaded = check_job(cfg, checkpoint, resume=resume)
+        built: list[object] = []
         if callbacks:
             from callbacks import build_callbacks
 
@@ -181,7 +188,7 @@ def _prepare(cfg: Config, checkpoint: str | None, *, resume: bool = False, callb
         model, loaders = build_job(cfg)
         if loaded is not None:
             load_weights(model, loaded, str(checkpoint))
-    return model, loaders, built if callbacks else []
+    return model, loaders, built
 
 
 def cmd_train(ns: argparse.Namespace) -> int:

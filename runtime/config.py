@@ -286,6 +286,8 @@ def _apply_override(raw: dict[str, Any], text: str) -> None:
     parts = key.split(".")
     if not all(parts):
         raise ConfigError(f"override {key!r}: empty name in the key path")
+    if not key.isprintable():
+        raise ConfigError(f"override {key!r}: a key path holds no control characters (newline, tab)")
     try:
         value = yaml.safe_load(value_text)
     except yaml.YAMLError as exc:  # PyYAML's message spans lines: keep the problem only

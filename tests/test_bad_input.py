@@ -377,7 +377,7 @@ KEYS = ["trainer.epochs", "trainer.callbacks.0.name", "trainer.callbacks.0", "op
 VALUES = st.one_of(st.text(max_size=12), st.sampled_from(["[1", "{a: 1}", "null", "-1", "1e400", "[]", "0.5", "'3'", ": x"]))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(st.lists(st.tuples(st.sampled_from(KEYS) | st.text(max_size=15), VALUES), max_size=4))
 def test_any_override_loads_or_raises_config_error(overrides: list[tuple[str, str]]) -> None:
     """Whatever is typed after ``busloop train``, the config loads or every problem is a
