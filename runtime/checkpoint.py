@@ -29,6 +29,7 @@ import random
 import re
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -207,25 +208,30 @@ def _remove_stale_temporaries(path: Path) -> None:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _weights_only_reason(message: str) -> str | None:
-    """The short reason of a weights_only refusal, or None when ``message`` is no refusal.
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    """The error for a file ``torch.load`` refused, in one line.
 
-    torch reports both a pickled object and plain garbage as an ``UnpicklingError``
-    about the weights-only unpickler; garbage shows up as an unsupported opcode.
+    torch's own message for a weights_only refusal advises retrying with
+    ``weights_only=False``, which would run whatever the file holds: busloop never passes
+    that advice on. A pickled object is named by its global (``GLOBAL io.open``); plain
+    garbage shows up as an unsupported opcode or a zip-reader failure.
     """
-    message = _ANSI.sub("", message)
-    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", message, re.S)
-    if match is None:
-        return None
-    reason = " ".join(match.group(1).split())
-    if reason.startswith("Unsupported operand"):
-        return None
-    # "Unsupported global: GLOBAL x.Y was not an allowed global by default. Please use ..."
-    for end in (" was not an allowed global", ". Please", ". Check"):
-        cut = reason.find(end)
-        if cut > 0:
-            reason = reason[:cut]
-    return reason
+    text = _ANSI.sub("", str(err)).strip()
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    reason = " ".join(match.group(1).split()) if match else ""
+    if reason and not reason.startswith("Unsupported operand"):
+        # "Unsupported global: GLOBAL x.Y was not an allowed global by default. Please use ..."
+        for end in (" was not an allowed global", ". Please", ". Check"):
+            cut = reason.find(end)
+            reason = reason[:cut] if cut > 0 else reason
+        return CheckpointError(
+            f"{path} holds pickled objects that weights_only loading refuses: {reason} "
+            "(loading them could run code, so busloop never does)"
+        )
+    if not reason and not isinstance(err, pickle.UnpicklingError):
+        reason = text.splitlines()[0].split(". ")[0][:200] if text else ""
+    detail = f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+    return CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {detail}")
 
 
 def is_lightning_checkpoint(checkpoint: Any) -> bool:
@@ -259,20 +265,11 @@ def load_checkpoint(
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except pickle.UnpicklingError as err:
-        reason = _weights_only_reason(str(err)) if weights_only else None
-        if reason is not None:
-            raise CheckpointError(
-                f"{path} holds pickled objects that weights_only loading refuses: {reason}"
-            ) from err
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (corrupt or truncated?): {_short(err)}"
-        ) from err
-    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError, ... here
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (corrupt or truncated?): {_short(err)}"
-        ) from err
+        with warnings.catch_warnings():  # the weights-only unpickler warns about foreign pickles
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._weights_only")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, KeyError, ... here
+        raise _unreadable(path, err) from err
 
     if is_lightning_checkpoint(checkpoint) and FORMAT_KEY not in checkpoint:
         return checkpoint  # written by Lightning (a busloop checkpoint carries Lightning's keys too)
@@ -292,16 +289,6 @@ def load_checkpoint(
             f"reads ({FORMAT_VERSION}); upgrade busloop to load it"
         )
     return checkpoint
-
-
-def _short(err: BaseException) -> str:
-    """One line describing ``err``: its type and the first line of its message."""
-    text = _ANSI.sub("", str(err)).strip()
-    first = text.splitlines()[0] if text else ""
-    if len(first) > 200:
-        first = first[:197] + "..."
-    name = type(err).__name__
-    return f"{name}: {first}" if first else name
 
 
 # ---------------------------------------------------------------------------------------

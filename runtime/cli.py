@@ -6,24 +6,27 @@ layer); this module alone imports all of them and ``benchmarks`` (lazily, per co
 ``busloop --help`` stays quick). It builds the job from the config factories, the callbacks
 from ``callbacks.build_callbacks`` and hands both to :class:`runtime.Runtime`.
 
-User mistakes (config, checkpoint, callback registration) exit with code 2 and one line;
-``--debug`` shows the traceback. A run that fails inside a callback or step exits 1.
+User mistakes (config, checkpoint, callback registration, an error inside a user's factory)
+exit with code 2 and one line; ``--debug`` shows the traceback. The whole job is checked
+(:func:`runtime.job.check_job`) before the data and the model are built, and everything that
+can fail on the user's input fails before a run folder exists. A run that fails inside a
+callback or step exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import contextlib
 import logging
+import logging.handlers
 import shlex
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from runtime.bus import BusError, CallbackError
 from runtime.config import Config, ConfigError, load_config
-from runtime.names import resolve_import
 
 log = logging.getLogger("busloop")
 
@@ -133,67 +136,69 @@ def _setup_logging(cfg: Config | None = None) -> None:
     logger.addHandler(handler)
 
 
-def build_job(cfg: Config) -> tuple[Any, dict[str, Any]]:
-    """The model and the loaders dict ({"train", "val", "test"}) from the config factories."""
-    if cfg.model.factory is None:
-        raise ConfigError("model.factory: required (an import path like 'pkg.module:build_model')")
-    if cfg.data.factory is None:
-        raise ConfigError("data.factory: required (an import path like 'pkg.module:build_loaders')")
-    model_factory = resolve_import(cfg.model.factory, key="model.factory")
-    data_factory = resolve_import(cfg.data.factory, key="data.factory")
-    model = _call(model_factory, dict(cfg.model.params), key="model.params")
-    data_params = dict(cfg.data.params)
-    accepted = _parameters(data_factory)
-    for name, value in (("batch_size", cfg.trainer.batch_size), ("num_workers", cfg.trainer.num_workers)):
-        if name not in data_params and (accepted is None or name in accepted):
-            data_params[name] = value
-    loaders = _call(data_factory, data_params, key="data.params")
-    if not isinstance(loaders, dict) or "train" not in loaders:
-        raise ConfigError(
-            f"data.factory: {cfg.data.factory} must return a dict with 'train' (and optionally "
-            f"'val', 'test'), got {type(loaders).__name__}"
-        )
-    return model, loaders
-
-
-def _parameters(fn: Any) -> set[str] | None:
+@contextlib.contextmanager
+def _held_logs() -> Iterator[None]:
+    """Hold busloop's log records while the job is checked and built, and show them only
+    when that passed: a mistake found there is then the one line the user sees, not the
+    last line after "Added X callback"."""
+    logger = logging.getLogger("busloop")
+    consoles = [h for h in logger.handlers if getattr(h, "_busloop_console", False)]
+    held = logging.handlers.BufferingHandler(capacity=1 << 16)
+    for handler in consoles:
+        logger.removeHandler(handler)
+    logger.addHandler(held)
     try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params}
+        yield
+    except _user_errors():
+        held.buffer.clear()
+        raise
+    finally:
+        logger.removeHandler(held)
+        for handler in consoles:
+            logger.addHandler(handler)
+            for record in held.buffer:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
 
 
-def _call(fn: Any, params: dict[str, Any], *, key: str) -> Any:
-    accepted = _parameters(fn)
-    if accepted is not None:
-        from runtime.names import suggest
+def _prepare(
+    cfg: Config, checkpoint: str | None, *, resume: bool = False, callbacks: bool = True
+) -> tuple[Any, dict[str, Any], list[object]]:
+    """Check the whole job, then build it: ``(model, loaders, callbacks)``.
 
-        for name in params:
-            if name not in accepted:
-                raise ConfigError(f"{key}.{name}: {fn.__name__} takes no parameter {name!r}{suggest(name, accepted)}")
-    return fn(**params)
+    The config (loss, optimizer, scheduler, tracker backends, factories, callbacks) and the
+    checkpoint are checked before the data and the model are built (after seeding, when
+    ``trainer.seed`` is set), and the checkpoint's weights are loaded into the model before
+    any run folder exists: one code path for ``--resume``, ``trainer.resume_from`` and
+    ``--weights``.
+    """
+    from runtime.devices import seed_everything
+    from runtime.job import build_job, check_job
+    from runtime.resume import load_weights
 
+    with _held_logs():
+        loaded = check_job(cfg, checkpoint, resume=resume)
+        built: list[object] = []
+        if callbacks:
+            from callbacks import build_callbacks
 
-def _runtime(cfg: Config, model: Any) -> Any:
-    from callbacks import build_callbacks
-    from runtime.loop import Runtime
-
-    return Runtime(model, build_callbacks(cfg), cfg)
+            built = build_callbacks(cfg)
+        if cfg.trainer.seed is not None:
+            seed_everything(cfg.trainer.seed, deterministic=cfg.trainer.deterministic)
+        model, loaders = build_job(cfg)
+        if loaded is not None:
+            load_weights(model, loaded, str(checkpoint))
+    return model, loaders, built
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from runtime.devices import seed_everything
+    from runtime.loop import Runtime
 
     config, overrides = _split(ns.args)
     cfg = _load(config, overrides)
     _setup_logging(cfg)
-    if cfg.trainer.seed is not None:
-        seed_everything(cfg.trainer.seed, deterministic=cfg.trainer.deterministic)
-    model, loaders = build_job(cfg)
-    rt = _runtime(cfg, model)
+    model, loaders, callbacks = _prepare(cfg, ns.resume or cfg.trainer.resume_from, resume=True)
+    rt = Runtime(model, callbacks, cfg)
     rt.loaders.update(loaders)
     try:
         state = rt.fit(loaders["train"], loaders.get("val"), ckpt_path=ns.resume)
@@ -218,25 +223,16 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _load_weights(model: Any, weights: str) -> None:
-    from runtime.checkpoint import CheckpointError, load_checkpoint
-
-    checkpoint = load_checkpoint(weights)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{weights}: the weights do not fit the configured model: {exc}") from None
-
-
 def cmd_test(ns: argparse.Namespace) -> int:
+    from runtime.loop import Runtime
+
     config, overrides = _split(ns.args)
     cfg = _load(config, overrides)
     _setup_logging(cfg)
-    model, loaders = build_job(cfg)
-    _load_weights(model, ns.weights)
+    model, loaders, callbacks = _prepare(cfg, ns.weights)
     if ns.view not in loaders:
         raise ConfigError(f"--view {ns.view}: the data factory returned no {ns.view!r} loader")
-    rt = _runtime(cfg, model)
+    rt = Runtime(model, callbacks, cfg)
     metrics = rt.test(loaders[ns.view])
     rt.close()
     for name, value in sorted(metrics.items()):
@@ -253,8 +249,7 @@ def _trained_runtime(ns: argparse.Namespace) -> Any:
     config, overrides = _split(ns.args)
     cfg = _load(config, overrides)
     _setup_logging(cfg)
-    model, loaders = build_job(cfg)
-    _load_weights(model, ns.weights)
+    model, loaders, _ = _prepare(cfg, ns.weights, callbacks=False)
     tcfg = cfg.tracker
     tracker = create_tracker(tcfg.save_directory, tcfg.run_name, tcfg.backends)
     tracker.save_config(config_to_dict(cfg))

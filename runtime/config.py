@@ -296,10 +296,13 @@ def _apply_override(raw: dict[str, Any], text: str) -> None:
     parts = key.split(".")
     if not all(parts):
         raise ConfigError(f"override {key!r}: empty name in the key path")
+    if not key.isprintable():
+        raise ConfigError(f"override {key!r}: a key path holds no control characters (newline, tab)")
     try:
         value = yaml.safe_load(value_text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key!r}: invalid value {value_text!r} ({exc})") from None
+    except yaml.YAMLError as exc:  # PyYAML's message spans lines: keep the problem only
+        problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else "not YAML"
+        raise ConfigError(f"override {key!r}: invalid value {value_text!r} ({problem})") from None
     node: Any = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1

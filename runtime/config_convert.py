@@ -273,8 +273,9 @@ def _problems(exc: BaseException, path: tuple[str, ...] = ()) -> list[str]:
         return lines
     if isinstance(exc, ForbiddenExtraKeysError):
         names = [a.name for a in attrs.fields(exc.cl)]
-        return [
-            f"{'.'.join((*path, str(k)))}: unknown key{suggest(str(k), names)}"
+        return [  # a key with a newline (possible in YAML) must not break the one line
+            f"{'.'.join((*path, str(k) if str(k).isprintable() else repr(str(k))))}: unknown key"
+            f"{suggest(str(k), names)}"
             for k in sorted(exc.extra_fields, key=str)
         ]
     if isinstance(exc, _Problem):

@@ -5,7 +5,8 @@ model optimizes manually) and a list of :class:`SchedulerConfig` (Lightning's
 
 from __future__ import annotations
 
-import difflib
+import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,12 +15,14 @@ import torch
 from torch import nn
 
 from runtime.errors import ConfigError
+from runtime.names import resolve_import, suggest
 
 __all__ = [
     "OptimizationError",
     "SchedulerConfig",
     "build_optimizer",
     "build_schedulers",
+    "check_specs",
     "clip_gradients",
     "configure_optimization",
     "parse_configure_optimizers",
@@ -61,15 +64,11 @@ def _spec_fields(spec: Any) -> tuple[str | None, dict[str, Any], dict[str, Any]]
 
 def _torch_class(module: Any, name: str, kind: str, key: str) -> Any:
     if ":" in name or "." in name:
-        from runtime.names import resolve_import
-
         return resolve_import(name, key=key)
     cls = getattr(module, name, None)
     if not isinstance(cls, type):
         choices = [n for n in dir(module) if not n.startswith("_") and n[0].isupper()]
-        close = difflib.get_close_matches(name, choices, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise OptimizationError(f"{key}: torch has no {kind} named '{name}'{hint}")
+        raise OptimizationError(f"{key}: torch has no {kind} named '{name}'{suggest(name, choices)}")
     return cls
 
 
@@ -85,10 +84,43 @@ def build_optimizer(spec: Any, model: nn.Module) -> torch.optim.Optimizer:
     name, params, _ = _spec_fields(spec)
     cls = _torch_class(torch.optim, name or "Adam", "optimizer", "optimizer.name")
     trainable = [p for p in model.parameters() if p.requires_grad]
+    return _construct(cls, trainable, params, "optimizer")  # type: ignore[no-any-return]
+
+
+def _construct(cls: type, first: Any, params: dict[str, Any], section: str) -> Any:
+    """``cls(first, **params)``; an unknown, missing or rejected parameter is an
+    OptimizationError naming ``<section>.params`` (and the nearest valid name)."""
     try:
-        return cls(trainable, **params)  # type: ignore[no-any-return]
-    except TypeError as exc:
-        raise OptimizationError(f"optimizer.params: {cls.__name__} rejected {params}: {exc}") from None
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        known = list(signature.parameters)[1:]
+        for param in params:
+            if param not in known:
+                raise OptimizationError(
+                    f"{section}.params.{param}: {cls.__name__} has no parameter {param!r}"
+                    f"{suggest(param, known)}"
+                )
+    try:
+        return cls(first, **params)
+    except (TypeError, ValueError) as exc:
+        raise OptimizationError(f"{section}.params: {cls.__name__} rejected {params}: {exc}") from None
+
+
+def check_specs(optimizer: Any, scheduler: Any) -> None:
+    """Build the configured optimizer and scheduler specs on one throwaway parameter.
+
+    So a misspelt name, an unknown or missing parameter or a value torch refuses (a
+    negative learning rate) fails before the data and the model are built, with the key
+    path named. Nothing random is drawn and no warning is shown (the real build shows it).
+    """
+    probe = nn.ParameterList([nn.Parameter(torch.zeros(1))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        built = build_optimizer(optimizer, probe) if optimizer is not None else torch.optim.SGD(probe, lr=0.1)
+        if scheduler is not None:
+            build_schedulers(scheduler, built)
 
 
 def build_schedulers(spec: Any, optimizer: torch.optim.Optimizer) -> list[SchedulerConfig]:
@@ -107,10 +139,7 @@ def build_schedulers(spec: Any, optimizer: torch.optim.Optimizer) -> list[Schedu
     if "scheduler" in rest:  # Lightning's dict: {"scheduler": obj, "name": label, ...}
         return [_config_for(rest.pop("scheduler"), name=name, **rest)]
     cls = _torch_class(torch.optim.lr_scheduler, name or "", "scheduler", "scheduler.name")
-    try:
-        scheduler = cls(optimizer, **params)
-    except TypeError as exc:
-        raise OptimizationError(f"scheduler.params: {cls.__name__} rejected {params}: {exc}") from None
+    scheduler = _construct(cls, optimizer, params, "scheduler")
     return [_config_for(scheduler, **{k: v for k, v in rest.items() if v is not None})]
 
 

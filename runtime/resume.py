@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from torch import nn
 
 from runtime import distributed as dist
 from runtime.bus import BusError
@@ -46,10 +47,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ResumePoint",
+    "check_resumable",
     "check_state_keys",
     "checkpoint_of",
     "epoch_batches",
     "load_for_resume",
+    "load_weights",
     "restore",
     "state_key",
 ]
@@ -153,18 +156,62 @@ def load_for_resume(runtime: Runtime, path: str | os.PathLike[str]) -> dict[str,
         checkpoint = load_sharded(runtime, Path(path))
     else:
         checkpoint = load_checkpoint(path, map_location=runtime.device)
-    if "loop" not in checkpoint:
-        lightning_resume_epoch(checkpoint, path)
+    check_resumable(checkpoint, path)
     dm = runtime.datamodule
     if dm is not None and type(dm).__qualname__ in checkpoint:
         dm.load_state_dict(checkpoint[type(dm).__qualname__])
-    if sharded:
-        return checkpoint
-    try:
-        runtime.model.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: the model weights do not fit this model: {exc}") from None
+    if not sharded:
+        load_weights(runtime.model, checkpoint, path)
     return checkpoint
+
+
+def check_resumable(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Raise :class:`CheckpointError` unless training can continue from ``checkpoint``: a
+    busloop checkpoint with the loop's position, or a Lightning one saved between epochs."""
+    if "loop" in checkpoint:
+        return
+    if FORMAT_KEY in checkpoint:
+        raise CheckpointError(
+            f"{path} holds no training state (no 'loop': saved with save_weights_only?), so "
+            "training cannot resume from it; use it with `busloop test --weights` instead"
+        )
+    lightning_resume_epoch(checkpoint, path)
+
+
+def load_weights(model: nn.Module, checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Load ``checkpoint["state_dict"]`` into ``model`` (strictly), for resume and for
+    ``busloop test --weights`` alike; a checkpoint of another model is one line naming what
+    is missing, unexpected or of another shape (torch's message runs over many lines)."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} holds no model weights (no 'state_dict' mapping)")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        mine = model.state_dict()
+        missing = [k for k in mine if k not in state]
+        unexpected = [k for k in state if k not in mine]
+        shapes = [
+            f"{k} (file {_shape(state[k])}, model {_shape(mine[k])})"
+            for k in mine
+            if k in state and _shape(state[k]) != _shape(mine[k])
+        ]
+        parts = [
+            f"{len(items)} {label}: {_listed(items)}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+            if items
+        ] or [str(exc).strip().splitlines()[0][:200]]
+        raise CheckpointError(f"{path} does not fit this model (a checkpoint of another model?): {'; '.join(parts)}") from None
+
+
+def _shape(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return "x".join(str(d) for d in shape) if shape is not None else type(value).__name__
+
+
+def _listed(items: Sequence[str], shown: int = 3) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> ResumePoint | None:

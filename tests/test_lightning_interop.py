@@ -422,7 +422,7 @@ def test_checkpoint_of_another_model_names_the_file(tmp_path: Path) -> None:
     rt = _runtime(HParamModule(hidden=4), epochs=1)
     rt.fit(datamodule=RecordingDataModule())
     rt.save_checkpoint(tmp_path / "small.ckpt")
-    with pytest.raises(CheckpointError, match="small.ckpt: the model weights do not fit this model"):
+    with pytest.raises(CheckpointError, match=r"small.ckpt does not fit this model \(a checkpoint of another model\?\): [0-9]+ of another shape: "):
         _runtime(HParamModule(hidden=8)).fit(datamodule=RecordingDataModule(), ckpt_path=tmp_path / "small.ckpt")
 
 

@@ -90,6 +90,14 @@ def build_loaders(
     split_seed: int = 0,
 ) -> dict[str, DataLoader[Any]]:
     """Train / val / test loaders over a fixed random split (``split_seed``)."""
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= fraction < 1.0:
+            raise ConfigError(f"data.params.{name}: must be in [0, 1), got {fraction!r}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"data.params: val_fraction + test_fraction must be < 1 (some data must be left to "
+            f"train on), got {val_fraction!r} + {test_fraction!r}"
+        )
     images, labels = load_digits_tensors()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed))
     n_val, n_test = int(len(order) * val_fraction), int(len(order) * test_fraction)

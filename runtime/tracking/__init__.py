@@ -27,6 +27,7 @@ __all__ = [
     "MultiTracker",
     "NullTracker",
     "Tracker",
+    "check_backends",
     "create_tracker",
 ]
 
@@ -58,20 +59,9 @@ def _check_available(backend: str) -> None:
             raise _missing(backend)
 
 
-def create_tracker(
-    save_directory: str | os.PathLike[str] = "runs",
-    run_name: str | None = None,
-    backends: Sequence[str] = ("local",),
-    *,
-    run_dir: str | os.PathLike[str] | None = None,
-) -> Tracker:
-    """Build the tracker for a run from the ``tracker`` config section.
-
-    Every rank checks ``backends`` (so a typo fails everywhere alike); only rank zero
-    creates a run folder, the others get a :class:`NullTracker`. ``run_dir`` reopens an
-    existing run folder (resume) instead of numbering a new one. One backend gives its
-    tracker, several a :class:`MultiTracker` sharing one run folder, none a NullTracker.
-    """
+def check_backends(backends: Sequence[str]) -> list[str]:
+    """The backend names (lower case, once each), checked: an unknown name or a backend
+    whose package is missing is a ConfigError saying which extra to install."""
     if isinstance(backends, str):
         backends = [backends]
     names: list[str] = []
@@ -86,6 +76,24 @@ def create_tracker(
             names.append(name)
     for name in names:
         _check_available(name)
+    return names
+
+
+def create_tracker(
+    save_directory: str | os.PathLike[str] = "runs",
+    run_name: str | None = None,
+    backends: Sequence[str] = ("local",),
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+) -> Tracker:
+    """Build the tracker for a run from the ``tracker`` config section.
+
+    Every rank checks ``backends`` (so a typo fails everywhere alike); only rank zero
+    creates a run folder, the others get a :class:`NullTracker`. ``run_dir`` reopens an
+    existing run folder (resume) instead of numbering a new one. One backend gives its
+    tracker, several a :class:`MultiTracker` sharing one run folder, none a NullTracker.
+    """
+    names = check_backends(backends)
     if not is_rank_zero() or not names:
         return NullTracker()
 
