@@ -71,7 +71,7 @@ def _accelerator(_inst: Any, attribute: "attrs.Attribute[Any]", value: str) -> N
 
 def _devices(_inst: Any, attribute: "attrs.Attribute[Any]", value: int | str) -> None:
     if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise _Problem(f"must be 'auto' or a number of devices >= 1, got {value!r}", attribute.name)
+        raise _Problem(f"expected 'auto' or a number of devices >= 1, got {value!r}", attribute.name)
 
 
 _PRECISION_ALIASES: dict[object, str] = {
