@@ -188,7 +188,9 @@ class Runtime(RuntimeCore):
             with self._autocast:
                 output = self._training_step(batch, batch_idx)
         loss = output if type(output) is torch.Tensor else step_loss(output)
-        if loss is None:  # the step asked to skip this batch
+        if loss is None:  # the step asked to skip this batch (not the epoch's scheduler step)
+            if is_last and self.lr_scheduler_configs:
+                self._step_schedulers("epoch", self.state.epoch + 1)
             return {} if output is None else dict(output)
 
         if accumulate == 1:

@@ -343,3 +343,35 @@ def test_zero_grad_honours_an_inherited_override() -> None:
     Inheriting.calls = 0
     runtime.fit(loader)
     assert Inheriting.calls == len(loader)
+
+
+def test_epoch_scheduler_steps_when_the_last_training_step_returns_none() -> None:
+    """A training_step that skips the epoch's last batch (returns None) must not skip the
+    epoch-interval scheduler step (issue #16)."""
+
+    class SkipsLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_model()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)  # type: ignore[no-any-return]
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+            if batch_idx == 3:  # the last of 4 batches
+                return None
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+    lrs: list[float] = []
+
+    class LrProbe(Callback):
+        def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+            lrs.append(runtime.optimizer.param_groups[0]["lr"])  # type: ignore[union-attr]
+
+    cfg = base_config(epochs=3)
+    cfg["scheduler"] = {"name": "StepLR", "params": {"step_size": 1, "gamma": 0.5}, "interval": "epoch"}
+    rt = Runtime(SkipsLast(), [LrProbe()], cfg, tracker=NullTracker())
+    rt.fit(make_loader(64, batch_size=16))
+    assert rt.state.global_step == 9  # the skipped batches did not step the optimizer
+    assert lrs == pytest.approx([0.1] * 4 + [0.05] * 4 + [0.025] * 4)
