@@ -481,8 +481,11 @@ def test_second_signal_exits_immediately(tmp_path: Path) -> None:
     sentinel = out / "resume.ckpt"
     sentinel.write_bytes(b"an older resume checkpoint")
     start = time.monotonic()
-    proc = _run_jobs([{"out": str(out), "kill": [0, 2], "signal": "SIGINT", "times": 2}])
+    runs = tmp_path / "runs"
+    proc = _run_jobs([{"out": str(out), "kill": [0, 2], "signal": "SIGINT", "times": 2, "runs": str(runs)}])
     assert proc.returncode == 1, proc.stderr[-3000:]
+    # the run folder records how the run ended, not "running" forever (issue #16)
+    assert (runs / "0-job" / "status.txt").read_text() == "interrupted\n"
     assert "second SIGINT received, exiting immediately" in proc.stderr
     assert "Graceful shutdown" not in proc.stderr and not (out / "result.pt").exists()
     assert sentinel.read_bytes() == b"an older resume checkpoint"  # not rewritten

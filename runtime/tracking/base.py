@@ -46,6 +46,9 @@ class Tracker(abc.ABC):
     uploads: bool = False
     """Whether ``log_artifact`` sends files somewhere beyond the run folder (a tracking
     server or store), so that "uploaded" is true when said."""
+    status_path: Path | None = None
+    """The file holding the run's status ("running", then the final one), when the tracker
+    keeps one: a hard exit (a second Ctrl+C) writes its final status there directly."""
 
     @abc.abstractmethod
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
@@ -146,6 +149,7 @@ class MultiTracker(Tracker):
         self.status = None
         self.run_dir = next((t.run_dir for t in self.trackers if t.run_dir is not None), None)
         self.uploads = any(t.uploads for t in self.trackers)
+        self.status_path = next((t.status_path for t in self.trackers if t.status_path is not None), None)
 
     def _each(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         results: list[Any] = []

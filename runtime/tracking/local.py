@@ -145,6 +145,7 @@ class LocalTracker(Tracker):
     """
 
     run_dir: Path
+    status_path: Path
 
     def __init__(
         self,
@@ -170,7 +171,8 @@ class LocalTracker(Tracker):
         self.image_dir.mkdir(exist_ok=True)
         self._hparams: dict[str, Any] = {}
         self._metrics_file: IO[str] | None = None
-        (self.run_dir / "status.txt").write_text("running\n", encoding="utf-8")
+        self.status_path = self.run_dir / "status.txt"
+        self.status_path.write_text("running\n", encoding="utf-8")
 
         self._handler: logging.Handler | None = logging.FileHandler(
             self.run_dir / "log.txt", mode="a", encoding="utf-8"
@@ -249,7 +251,7 @@ class LocalTracker(Tracker):
     # -- end -----------------------------------------------------------------------------
 
     def _finalize(self, status: str) -> None:
-        (self.run_dir / "status.txt").write_text(status + "\n", encoding="utf-8")
+        self.status_path.write_text(status + "\n", encoding="utf-8")
         log.info("Run finished: %s", status)
         if self._metrics_file is not None:
             self._metrics_file.close()

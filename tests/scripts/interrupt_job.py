@@ -10,7 +10,8 @@ Job keys: ``out`` (folder; also the callback's save_dir), ``workers`` (num_worke
 ``augment`` (random noise added in ``__getitem__``), ``ema`` (add EMACallback),
 ``kill`` ([epoch, batch] or null), ``signal`` ("SIGINT" / "SIGTERM"), ``times`` (signals
 sent at that point), ``resume`` (checkpoint path or null), ``stage`` ("fit", or "test" /
-"predict" to be interrupted there instead).
+"predict" to be interrupted there instead), ``runs`` (a folder: use the local tracker there
+instead of none).
 
 The module also serves ``busloop train`` configs (with ``tests/scripts`` on PYTHONPATH):
 ``interrupt_job:build_model``, ``interrupt_job:build_loaders`` and the callbacks
@@ -160,7 +161,10 @@ def run_job(job: dict[str, Any]) -> None:
         "trainer": {"epochs": 3, "seed": 7, "num_sanity_val_steps": 1, "accelerator": "cpu"},
     }
     loaders = build_loaders(num_workers=job.get("workers", 0), augment=job.get("augment", False))
-    rt = Runtime(build_model(seed=3), callbacks, config, loss=F.cross_entropy, tracker=NullTracker())
+    tracker = None if job.get("runs") else NullTracker()
+    if job.get("runs"):  # a run folder (status.txt, log.txt) from the local tracker
+        config["tracker"] = {"save_directory": job["runs"], "run_name": "job"}
+    rt = Runtime(build_model(seed=3), callbacks, config, loss=F.cross_entropy, tracker=tracker)
     if stage == "test":
         rt.test(loaders["test"])
     elif stage == "predict":
