@@ -251,8 +251,9 @@ class LocalTracker(Tracker):
     # -- end -----------------------------------------------------------------------------
 
     def _finalize(self, status: str) -> None:
-        self.status_path.write_text(status + "\n", encoding="utf-8")
-        log.info("Run finished: %s", status)
+        lines = [status, *self.problems]  # the final status first, then the tracking problems
+        self.status_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        log.info("Run finished: %s%s", status, " (with tracker problems, see status.txt)" if self.problems else "")
         if self._metrics_file is not None:
             self._metrics_file.close()
             self._metrics_file = None
