@@ -3,17 +3,51 @@ and the ``train_time_interval`` argument (kept apart so the callback reads as it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
 import torch
 
 from runtime import distributed as dist
+from runtime.bus import CallbackError
 
-__all__ = ["as_timedelta", "fill_template", "link_checkpoint", "monitor_candidates"]
+__all__ = ["SAVE_STATE", "as_timedelta", "fill_template", "link_checkpoint", "monitor_candidates", "staged"]
+
+#: The attributes of a ModelCheckpoint that a save changes, restored when its write fails.
+SAVE_STATE = ("best_k_models", "kth_best_model_path", "kth_value", "best_model_path", "best_model_score",
+              "current_score", "last_model_path")
+#: What a failed checkpoint write raises: OSError (ENOSPC, EACCES ...), and torch.save's
+#: RuntimeError ("PytorchStreamWriter failed writing file") for the same causes.
+WRITE_ERRORS = (OSError, RuntimeError)
+
+
+@contextlib.contextmanager
+def staged(owner: Any, names: Sequence[str], failed: Callable[[Exception], None]) -> Iterator[list[bool]]:
+    """Keep the attribute changes made inside the block only when the block succeeds.
+
+    Yields ``[written]``: True once the block finished. When the block raises, ``owner``'s
+    ``names`` get their values back (dicts as they were), then a write error (see
+    :data:`WRITE_ERRORS`; not another callback's error) goes to ``failed``, which raises or
+    logs; anything else propagates. The caller deletes replaced files only when written.
+    """
+    saved = {name: getattr(owner, name) for name in names}
+    saved = {name: dict(value) if isinstance(value, dict) else value for name, value in saved.items()}
+    written = [False]
+    try:
+        yield written
+    except BaseException as exc:
+        for name, value in saved.items():
+            setattr(owner, name, value)
+        if isinstance(exc, WRITE_ERRORS) and not isinstance(exc, CallbackError):
+            failed(exc)
+            return
+        raise
+    written[0] = True
 
 
 def as_timedelta(value: Any) -> timedelta | None:
