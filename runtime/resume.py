@@ -92,6 +92,7 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
             "val_pending": val_pending,
             "epoch_rng": None if epoch_done else epoch_rng,
             "pending_logs": runtime.metrics.pending("train"),
+            "grads": _window_grads(runtime, epoch_done),
         },
         "state_dict": runtime.model.state_dict(),
         "optimizer_states": [optimizer.state_dict() for optimizer in runtime.optimizers],
@@ -107,6 +108,31 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
     }
     checkpoint.update(_lightning_entries(runtime, epoch_done))
     return checkpoint
+
+
+def _window_grads(runtime: Runtime, epoch_done: bool) -> list[Any] | None:
+    """The gradients summed so far in an unfinished accumulation window, one entry per
+    parameter of the model (None where it has none), or None outside a window.
+
+    A window opens at each batch index divisible by ``accumulate_grad_batches``; a checkpoint
+    taken after its first micro-batches holds their gradients so that the resumed run adds
+    the rest to them and steps exactly as the uninterrupted run does.
+    """
+    st, accumulate = runtime.state, runtime.accumulate_grad_batches
+    if accumulate <= 1 or epoch_done or st.batch_idx % accumulate == 0:
+        return None
+    return [None if p.grad is None else p.grad.detach().clone() for p in runtime.model.parameters()]
+
+
+def _restore_window_grads(runtime: Runtime, grads: list[Any] | None, path: str | os.PathLike[str]) -> None:
+    """Put the gradients of an unfinished accumulation window back on the parameters."""
+    if grads is None:
+        return
+    params = list(runtime.model.parameters())
+    if len(grads) != len(params):
+        raise CheckpointError(f"{path} holds gradients for {len(grads)} parameters, the model has {len(params)}")
+    for param, grad in zip(params, grads, strict=True):
+        param.grad = None if grad is None else grad.to(device=param.device, dtype=param.dtype)
 
 
 def _lightning_entries(runtime: Runtime, epoch_done: bool) -> dict[str, Any]:
@@ -186,6 +212,7 @@ def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLik
     st.epoch = int(loop["epoch"])
     st.batch_idx = int(loop["batch_idx"])
     runtime.metrics.restore_pending("train", loop.get("pending_logs", {}))
+    _restore_window_grads(runtime, loop.get("grads"), path)
     log.info("Resumed from %s at epoch %d, batch %d, step %d", path, st.epoch, st.batch_idx, st.global_step)
     return ResumePoint(
         batch_idx=st.batch_idx,
