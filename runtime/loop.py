@@ -297,8 +297,10 @@ class Runtime(RuntimeCore):
             ev.teardown.emit(self, stage=fn)
         return metrics
 
+    @torch.no_grad()  # from <stage>_start to <stage>_end, as Lightning's evaluation loop
     def _eval_epoch(self, stage: str, loader: Iterable[Any], max_batches: int) -> dict[str, float]:
-        """One evaluation epoch of ``stage`` ("validation", "test", "predict")."""
+        """One evaluation epoch of ``stage`` ("validation", "test", "predict"): every event of
+        the block sees the module in eval mode and gradients off."""
         signal = self.bus.signal
         start, epoch_start = signal(f"{stage}_start"), signal(f"{stage}_epoch_start")
         batch_start, batch_end = signal(f"{stage}_batch_start"), signal(f"{stage}_batch_end")
