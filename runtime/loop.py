@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from runtime.checkpoint import isolated_rng
+from runtime.checkpoint import isolated_rng, set_rng_state
 from runtime.core import RuntimeCore, as_count
 from runtime.data import iterate, num_batches
 from runtime.datamodule import as_datamodule, fit_loaders, loader_of, prepare_and_setup
@@ -63,6 +63,7 @@ class Runtime(RuntimeCore):
         """
         cfg, st, ev = self.config.trainer, self.state, self.bus.event
         ckpt_path = ckpt_path if ckpt_path is not None else cfg.resume_from
+        self._resuming = ckpt_path  # opening the tracker: a checkpoint's run folder is continued
         dm = as_datamodule(train_loader, datamodule, "fit")
         if dm is None and train_loader is None:
             raise ConfigError("fit: give a training loader or a datamodule")
@@ -125,6 +126,8 @@ class Runtime(RuntimeCore):
         resume, self._resume = self._resume, None
         skip = resume.batch_idx if resume else 0
         if resume is not None and resume.epoch_done:
+            if resume.rng is not None:  # exact: the next epoch draws what the saved run drew
+                set_rng_state(resume.rng)
             self._finish_epoch(resumed_after_epoch_end=True)
             return
 

@@ -81,6 +81,10 @@ class Tracker(abc.ABC):
     def save_config(self, cfg_dict: Mapping[str, Any]) -> None:  # noqa: B027
         """Record the resolved configuration. Trackers without a place for it ignore it."""
 
+    def resume_at(self, step: int) -> None:  # noqa: B027
+        """The run continues from a checkpoint taken at ``step``: records after it (written
+        by the continuation that is being replaced) are dropped where the tracker can."""
+
     def finalize(self, status: str) -> None:
         """Close the run as ``status`` ("success", "failed" or "interrupted").
 
@@ -195,6 +199,9 @@ class MultiTracker(Tracker):
 
     def save_config(self, cfg_dict: Mapping[str, Any]) -> None:
         self._each("save_config", cfg_dict)
+
+    def resume_at(self, step: int) -> None:
+        self._each("resume_at", step)
 
     def _finalize(self, status: str) -> None:
         """Finalise the others first, then the one holding the status file, which records

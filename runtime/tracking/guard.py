@@ -123,6 +123,9 @@ class GuardedTracker(Tracker):
     def save_config(self, cfg_dict: Mapping[str, Any]) -> None:
         self._call("save_config", cfg_dict)
 
+    def resume_at(self, step: int) -> None:
+        self._call("resume_at", step)
+
     def _finalize(self, status: str) -> None:
         self._flush()
         try:
