@@ -123,9 +123,12 @@ def _setup_logging(cfg: Config | None = None) -> None:
         return
     handler: logging.Handler
     if (cfg is None or cfg.trainer.rich_logging) and sys.stderr.isatty():
+        from rich import get_console
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False)
+        # rich's global console: the live progress bars draw on it too (callbacks.progress),
+        # so records are printed above a live bar, not onto its line
+        handler = RichHandler(console=get_console(), show_path=False)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
