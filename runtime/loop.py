@@ -363,8 +363,11 @@ class Runtime(RuntimeCore):
     def _publish_epoch_metrics(self, stage: str, metrics: dict[str, float]) -> None:
         """Record a stage's epoch metrics in history and the tracker, then emit the event."""
         st = self.state
-        st.history.append({"stage": stage, "epoch": st.epoch, "global_step": st.global_step, **metrics})
+        # the 0-based index of the epoch the values belong to; after training (a test at
+        # train end) that is the last epoch trained, not the count of epochs
+        epoch = st.epoch - 1 if st.stage != "fit" and st.epoch > 0 and st.batch_idx == 0 else st.epoch
+        st.history.append({"stage": stage, "epoch": epoch, "global_step": st.global_step, **metrics})
         if self.tracker is not None:
             for values, step in self.metrics.epoch_logs(stage, st.global_step):
-                self.tracker.log_metrics(values, step=step, epoch=st.epoch)
+                self.tracker.log_metrics(values, step=step, epoch=epoch)
         self.bus.event.epoch_metrics.emit(self, stage=stage, metrics=metrics)

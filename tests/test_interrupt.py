@@ -549,6 +549,7 @@ def test_cli_ctrl_c_to_the_process_group_exits_130_and_resume_finishes(tmp_path:
         if child.poll() is None:
             child.kill()
     assert child.returncode == 130, stderr[-4000:]
+    assert "Training interrupted in epoch 1/3 (4 steps)" in stderr and "Training finished" not in stderr
     match = re.search(r"resume with: (busloop train .*--resume (\S+))", stderr)
     assert match, stderr[-4000:]
     resume = Path(match.group(2))

@@ -107,3 +107,31 @@ def test_a_checkpoint_outside_any_run_folder_starts_a_new_one(tmp_path: Path) ->
     resumed = _run(tmp_path / "runs", "job", ckpt=moved)
     assert resumed.run_dir is not None and resumed.run_dir != first.run_dir
     assert yaml.safe_load((resumed.run_dir / "config.yaml").read_text())["trainer"]["resume_from"] == str(moved)
+
+
+def test_epoch_numbers_agree_between_files_and_console(tmp_path: Path) -> None:
+    """One convention (README, "Epoch numbers"): files hold the 0-based epoch index
+    (checkpoint names, the checkpoint's epoch, metrics.jsonl, the test row after training:
+    the last epoch trained); the console counts epochs, "[Epoch 3/3]" being index 2."""
+    from callbacks.progress import LuxonisTQDMProgressBar
+
+    cfg = base_config(epochs=3, seed=4)
+    cfg["tracker"] = {"save_directory": str(tmp_path / "runs"), "run_name": "epochs"}
+    callbacks = [LuxonisTQDMProgressBar(), ModelCheckpoint(monitor="val/loss", save_top_k=-1, subdir="all")]
+    rt = Runtime(make_model(seed=2), callbacks, cfg, loss=F.cross_entropy)
+    with rt:
+        rt.fit(make_loader(shuffle=True), make_loader(32))
+        rt.test(make_loader(32))
+    assert rt.run_dir is not None
+    rows = _rows(rt.run_dir)
+    assert sorted({r["epoch"] for r in rows if "val/loss" in r}) == [0, 1, 2]
+    (test_row,) = [r for r in rows if "test/loss" in r]
+    assert test_row["epoch"] == 2  # the last epoch trained, not the count 3
+    from runtime.checkpoint import load_checkpoint
+
+    for path in sorted((rt.run_dir / "checkpoints" / "all").iterdir()):
+        index = int(path.name.split("-")[0].removeprefix("epoch="))
+        assert load_checkpoint(path)["epoch"] == index
+        assert any(r["epoch"] == index and r["step"] == load_checkpoint(path)["global_step"] for r in rows)
+    log_text = (rt.run_dir / "log.txt").read_text()
+    assert [f"[Epoch {n}/3]" in log_text for n in (1, 2, 3)] == [True] * 3 and "[Epoch 0/3]" not in log_text
