@@ -252,7 +252,7 @@ class RuntimeCore:
         updated, checkpoints in the same top-k); config.yaml records ``resume_from``."""
         if self.tracker is None:
             tcfg, resume = self.config.tracker, self._resuming
-            run_dir = run_dir_of(resume) if resume is not None else None
+            run_dir = run_dir_of(resume) if resume is not None and Path(resume).is_file() else None
             self.tracker = create_tracker(tcfg.save_directory, tcfg.run_name, tcfg.backends, run_dir=run_dir)
             atexit.register(_close_at_exit, weakref.ref(self))
             saved = config_to_dict(self.config)
