@@ -135,3 +135,15 @@ def test_epoch_numbers_agree_between_files_and_console(tmp_path: Path) -> None:
         assert any(r["epoch"] == index and r["step"] == load_checkpoint(path)["global_step"] for r in rows)
     log_text = (rt.run_dir / "log.txt").read_text()
     assert [f"[Epoch {n}/3]" in log_text for n in (1, 2, 3)] == [True] * 3 and "[Epoch 0/3]" not in log_text
+
+
+def test_a_missing_checkpoint_in_a_run_folder_leaves_that_run_alone(tmp_path: Path) -> None:
+    import pytest
+
+    first = _run(tmp_path / "runs", "job")
+    assert first.run_dir is not None
+    status, rows = (first.run_dir / "status.txt").read_text(), _rows(first.run_dir)
+    with pytest.raises(Exception, match="no-such.ckpt"):
+        _run(tmp_path / "runs", "job", ckpt=first.run_dir / "no-such.ckpt")
+    assert (first.run_dir / "status.txt").read_text() == status == "success\n"
+    assert _rows(first.run_dir) == rows
