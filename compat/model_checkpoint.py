@@ -33,7 +33,6 @@ from typing import Any, Literal
 import torch
 
 from compat.checkpoint_files import (
-    SAVE_STATE,
     as_timedelta,
     fill_template,
     link_checkpoint,
@@ -43,7 +42,7 @@ from compat.checkpoint_files import (
 from compat.collective import agree
 from runtime import distributed as dist
 from runtime.callback import Callback
-from runtime.checkpoint import CheckpointError, save_checkpoint
+from runtime.checkpoint import save_checkpoint
 from runtime.loop import Runtime
 from runtime.registry import register
 
@@ -131,7 +130,6 @@ class ModelCheckpoint(Callback):
         self._last_time_checked: float | None = None
         self._defer_save_until_validation = False
         self._warned_missing = False
-        self._writing = ""
 
     def _validate(self) -> None:
         def bad(problem: str) -> ValueError:
@@ -304,7 +302,7 @@ class ModelCheckpoint(Callback):
         """``monitor=None``: the newest file is the best; with top k 1 the previous one goes."""
         path = self._free_name(candidates, self.best_model_path)
         previous = self.best_model_path
-        with staged(self, SAVE_STATE, self._write_failed) as written:
+        with staged(self, path) as written:
             self.best_model_path = path
             self._write(runtime, path, None, None)
         if written[0] and self.save_top_k == 1 and previous and self._removable(runtime, previous, path):
@@ -316,7 +314,7 @@ class ModelCheckpoint(Callback):
         if torch.isnan(current):
             current = torch.tensor(float("inf" if self.mode == "min" else "-inf"))
         path = self._free_name(candidates, dropped)
-        with staged(self, SAVE_STATE, self._write_failed) as written:
+        with staged(self, path) as written:
             if dropped is not None:
                 self.best_k_models.pop(dropped)
             self.current_score = current
@@ -343,7 +341,7 @@ class ModelCheckpoint(Callback):
             return
         previous = self.last_model_path
         path = self._free_name(candidates, previous, self.CHECKPOINT_NAME_LAST)
-        with staged(self, SAVE_STATE, self._write_failed) as written:
+        with staged(self, path) as written:
             self.last_model_path = path
             if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
                 link_checkpoint(self._last_checkpoint_saved, path)
@@ -354,7 +352,6 @@ class ModelCheckpoint(Callback):
 
     def _write(self, runtime: Runtime, path: str, monitor: str | None, score: float | None) -> None:
         """Write one file (full or weights only) and emit ``checkpoint_written``."""
-        self._writing = path
         if self.save_weights_only:
             checkpoint = runtime.checkpoint_dict()
             weights = {k: checkpoint[k] for k in _WEIGHTS_ONLY_KEYS if k in checkpoint}
@@ -366,16 +363,6 @@ class ModelCheckpoint(Callback):
             runtime.save_checkpoint(path, monitor=monitor, score=score)
         self._last_global_step_saved = runtime.state.global_step
         self._last_checkpoint_saved = path
-
-    def _write_failed(self, exc: Exception) -> None:
-        """Report a failed write (the previous files are all kept); stop or go on as configured."""
-        message = (
-            f"ModelCheckpoint could not write {self._writing}: {type(exc).__name__}: {exc}; the previous "
-            f"checkpoints are kept (best: {self.best_model_path or 'none yet'})"
-        )
-        log.error("%s%s", message, "; training goes on" if self.on_write_error == "continue" else "")
-        if self.on_write_error == "stop":
-            raise CheckpointError(message) from exc
 
     def _removable(self, runtime: Runtime, previous: str, current: str) -> bool:
         """Only files inside ``dirpath``, never the one this run resumed from."""
