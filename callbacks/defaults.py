@@ -70,8 +70,9 @@ def build_callbacks(config: Config) -> list[object]:
        progress bar (Rich when ``rich_logging``, else TQDM), TrainingManager, the model
        summary, a ModelCheckpoint on min ``val/loss`` and, with a main metric, one on it.
        A default whose class name the user lists (active or not) is left out: the user's
-       entry replaces it (``active: false`` switches a default off). ModelCheckpoint is the
-       exception: listing one adds a checkpoint, it does not replace the defaults.
+       entry replaces it (``active: false`` switches a default off). ModelCheckpoint: an
+       active entry adds a checkpoint next to the defaults; an entry with ``active: false``
+       switches the default ModelCheckpoints off.
     2. The user's callbacks in config order, EMACallback moved to the front of them.
     3. GradientAccumulationScheduler ``{0: accumulate_grad_batches}`` when that is set and
        no GradientAccumulationScheduler is listed.
@@ -83,10 +84,11 @@ def build_callbacks(config: Config) -> list[object]:
     """
     trainer = config.trainer
     listed = {class_name(entry.name) for entry in trainer.callbacks}
+    inactive = {class_name(entry.name) for entry in trainer.callbacks if not entry.active}
     callbacks = [
         callback
         for name, callback in default_callbacks(config)
-        if name == "ModelCheckpoint" or name not in listed
+        if (name not in inactive if name == "ModelCheckpoint" else name not in listed)
     ]
     callbacks += _build_entries(_without_convert_duplicates(config))
     if trainer.accumulate_grad_batches and "GradientAccumulationScheduler" not in listed:

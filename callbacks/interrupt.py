@@ -15,7 +15,8 @@ What happens, in order::
                          the tracker, finalise the tracker as "interrupted", restore the
                          handlers, then raise StopEvent: later train_end receivers (test,
                          export, convert on train end) do not run
-    second signal        a line on stderr and ``os._exit(1)`` at once
+    second signal        a line on stderr, "interrupted" written to the tracker's status file
+                         (``status.txt`` of the run folder, when it has one), ``os._exit(1)``
     teardown / exception restore the previous handlers (if they are still ours)
 
 Where the checkpoint is taken. The decision is made at the end of the training batch
@@ -112,6 +113,7 @@ class GracefulInterruptCallback(Callback):
         self._previous: dict[int, Any] = {}
         self._handler = self._on_signal  # one bound method: compared when restoring
         self._pid: int | None = None
+        self._status_path: Path | None = None
         self._noticed = False
         self._stopping = False
         self._sync = False
@@ -132,8 +134,23 @@ class GracefulInterruptCallback(Callback):
         )
         try:
             os.write(2, message.encode())  # unbuffered: print/logging are unsafe in a handler
+            self._write_final_status()
         finally:
             os._exit(HARD_EXIT_CODE)
+
+    def _write_final_status(self) -> None:
+        """The run's final status, before the hard exit: without it ``status.txt`` would say
+        "running" forever. Plain ``os`` calls only (this runs inside the signal handler)."""
+        if self._status_path is None:
+            return
+        try:
+            fd = os.open(self._status_path, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, b"interrupted\n")
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the exit must happen whatever the file system says
 
     # ------------------------------------------------------------------ installation
     @property
@@ -182,6 +199,8 @@ class GracefulInterruptCallback(Callback):
         self._vote = None
         if self._sync:
             dist.control_group()  # created collectively, now, on every rank
+        tracker = self.tracker if self.tracker is not None else runtime.tracker
+        self._status_path = getattr(tracker, "status_path", None)
         receivers = getattr(runtime.bus.signal("train_end"), "dispatch", ())
         if receivers and getattr(receivers[0], "__self__", None) is not self:
             log.warning(

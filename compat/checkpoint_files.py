@@ -3,17 +3,68 @@ and the ``train_time_interval`` argument (kept apart so the callback reads as it
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import torch
 
 from runtime import distributed as dist
+from runtime.bus import CallbackError
+from runtime.checkpoint import CheckpointError
 
-__all__ = ["as_timedelta", "fill_template", "link_checkpoint", "monitor_candidates"]
+log = logging.getLogger("busloop.callbacks")
+
+__all__ = ["SAVE_STATE", "as_timedelta", "fill_template", "link_checkpoint", "monitor_candidates", "staged", "write_failed"]
+
+#: The attributes of a ModelCheckpoint that a save changes, restored when its write fails.
+SAVE_STATE = ("best_k_models", "kth_best_model_path", "kth_value", "best_model_path", "best_model_score",
+              "current_score", "last_model_path")
+#: What a failed checkpoint write raises: OSError (ENOSPC, EACCES ...), and torch.save's
+#: RuntimeError ("PytorchStreamWriter failed writing file") for the same causes.
+WRITE_ERRORS = (OSError, RuntimeError)
+
+
+@contextlib.contextmanager
+def staged(owner: Any, path: str) -> Iterator[list[bool]]:
+    """Keep the changes a ModelCheckpoint (``owner``) makes inside the block, which writes
+    ``path``, only when the block succeeds.
+
+    Yields ``[written]``: True once the block finished; the caller deletes replaced files
+    only then. When the block raises, the :data:`SAVE_STATE` attributes get their values
+    back (dicts as they were); a write error (see :data:`WRITE_ERRORS`; not another
+    callback's error) is reported by :func:`write_failed`; anything else propagates.
+    """
+    saved = {name: getattr(owner, name) for name in SAVE_STATE}
+    saved = {name: dict(value) if isinstance(value, dict) else value for name, value in saved.items()}
+    written = [False]
+    try:
+        yield written
+    except BaseException as exc:
+        for name, value in saved.items():
+            setattr(owner, name, value)
+        if isinstance(exc, WRITE_ERRORS) and not isinstance(exc, CallbackError):
+            write_failed(owner, path, exc)
+            return
+        raise
+    written[0] = True
+
+
+def write_failed(owner: Any, path: str, exc: Exception) -> None:
+    """Report a failed write of ``path`` (the previous files are all kept), then stop with a
+    CheckpointError or go on, as ``owner.on_write_error`` says."""
+    message = (
+        f"ModelCheckpoint could not write {path}: {type(exc).__name__}: {exc}; the previous "
+        f"checkpoints are kept (best: {owner.best_model_path or 'none yet'})"
+    )
+    log.error("%s%s", message, "; training goes on" if owner.on_write_error == "continue" else "")
+    if owner.on_write_error == "stop":
+        raise CheckpointError(message) from exc
 
 
 def as_timedelta(value: Any) -> timedelta | None:

@@ -8,9 +8,10 @@ busloop choices:
   argument; the default callback set uses ``min_val_loss`` and ``best_val_metric``) defaults
   to ``<mode>_<monitor>`` when a metric is monitored, so two callbacks never share a folder;
   without a run folder ``./checkpoints/...``.
-- A save is written first and the callback's state committed only when the write succeeded
-  (the file being written already holds the new state); files that left the top k are
-  deleted last, so a failed write never loses the previous best.
+- A save is written first, the state committed only when it succeeded, and files that left
+  the top k deleted last: a failed write (disk full, no permission) never loses the previous
+  best. It is logged with the file and the kept best; ``on_write_error`` "stop" (default)
+  then raises a CheckpointError, "continue" trains on and retries at the next save.
 - Every file written emits ``checkpoint_written(path, monitor, score)`` (monitor and score
   None for ``last`` files and ``monitor=None`` saves).
 - A ``monitor`` that was never logged is a warning (once), not an error: a misnamed metric
@@ -21,20 +22,24 @@ busloop choices:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from compat.checkpoint_files import as_timedelta, fill_template, link_checkpoint, monitor_candidates
+from compat.checkpoint_files import (
+    as_timedelta,
+    fill_template,
+    link_checkpoint,
+    monitor_candidates,
+    staged,
+)
 from compat.collective import agree
 from runtime import distributed as dist
 from runtime.callback import Callback
@@ -48,9 +53,6 @@ __all__ = ["ModelCheckpoint"]
 
 #: What a ``save_weights_only`` file keeps of a full checkpoint.
 _WEIGHTS_ONLY_KEYS = ("busloop_format", "epoch", "global_step", "state_dict", "versions")
-#: The attributes a save changes, restored when its write fails.
-_STATE = ("best_k_models", "kth_best_model_path", "kth_value", "best_model_path", "best_model_score",
-          "current_score", "last_model_path")
 
 
 @register()
@@ -92,7 +94,11 @@ class ModelCheckpoint(Callback):
         save_on_train_epoch_end: bool | None = None,
         enable_version_counter: bool = True,
         subdir: str | None = None,
+        on_write_error: Literal["stop", "continue"] = "stop",
     ) -> None:
+        if on_write_error not in ("stop", "continue"):
+            raise ValueError(f"ModelCheckpoint: on_write_error must be 'stop' or 'continue', got {on_write_error!r}")
+        self.on_write_error = on_write_error
         if mode not in ("min", "max"):
             raise ValueError(f"ModelCheckpoint: mode must be 'min' or 'max', got {mode!r}")
         if save_last not in (None, True, False, "link"):
@@ -297,10 +303,10 @@ class ModelCheckpoint(Callback):
         """``monitor=None``: the newest file is the best; with top k 1 the previous one goes."""
         path = self._free_name(candidates, self.best_model_path)
         previous = self.best_model_path
-        with self._staged():
+        with staged(self, path) as written:
             self.best_model_path = path
             self._write(runtime, path, None, None)
-        if self.save_top_k == 1 and previous and self._removable(runtime, previous, path):
+        if written[0] and self.save_top_k == 1 and previous and self._removable(runtime, previous, path):
             self._remove(previous)
 
     def _update_best_and_save(self, runtime: Runtime, current: torch.Tensor, candidates: dict[str, torch.Tensor]) -> None:
@@ -309,7 +315,7 @@ class ModelCheckpoint(Callback):
         if torch.isnan(current):
             current = torch.tensor(float("inf" if self.mode == "min" else "-inf"))
         path = self._free_name(candidates, dropped)
-        with self._staged():
+        with staged(self, path) as written:
             if dropped is not None:
                 self.best_k_models.pop(dropped)
             self.current_score = current
@@ -328,7 +334,7 @@ class ModelCheckpoint(Callback):
                     float(current), float(self.best_model_score), path, k,
                 )
             self._write(runtime, path, self.monitor, float(current))
-        if dropped and self._removable(runtime, dropped, path):
+        if written[0] and dropped and self._removable(runtime, dropped, path):
             self._remove(dropped)
 
     def _save_last(self, runtime: Runtime, candidates: dict[str, torch.Tensor]) -> None:
@@ -336,13 +342,13 @@ class ModelCheckpoint(Callback):
             return
         previous = self.last_model_path
         path = self._free_name(candidates, previous, self.CHECKPOINT_NAME_LAST)
-        with self._staged():
+        with staged(self, path) as written:
             self.last_model_path = path
             if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
                 link_checkpoint(self._last_checkpoint_saved, path)
             else:
                 self._write(runtime, path, None, None)
-        if previous and self._removable(runtime, previous, path):
+        if written[0] and previous and self._removable(runtime, previous, path):
             self._remove(previous)
 
     def _write(self, runtime: Runtime, path: str, monitor: str | None, score: float | None) -> None:
@@ -356,18 +362,6 @@ class ModelCheckpoint(Callback):
             runtime.save_checkpoint(path, monitor=monitor, score=score)
         self._last_global_step_saved = runtime.state.global_step
         self._last_checkpoint_saved = path
-
-    @contextlib.contextmanager
-    def _staged(self) -> Iterator[None]:
-        """Undo the state changes made inside the block when the write inside it fails."""
-        saved = {name: getattr(self, name) for name in _STATE}
-        saved["best_k_models"] = dict(self.best_k_models)
-        try:
-            yield
-        except BaseException:
-            for name, value in saved.items():
-                setattr(self, name, value)
-            raise
 
     def _removable(self, runtime: Runtime, previous: str, current: str) -> bool:
         """Only files inside ``dirpath``, never the one this run resumed from."""

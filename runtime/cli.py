@@ -126,9 +126,12 @@ def _setup_logging(cfg: Config | None = None) -> None:
         return
     handler: logging.Handler
     if (cfg is None or cfg.trainer.rich_logging) and sys.stderr.isatty():
+        from rich import get_console
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False)
+        # rich's global console: the live progress bars draw on it too (callbacks.progress),
+        # so records are printed above a live bar, not onto its line
+        handler = RichHandler(console=get_console(), show_path=False)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
@@ -206,7 +209,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         rt.close("failed")
         raise
     summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(state.metrics.items()))
-    log.info("Training finished after %d epochs (%d steps): %s", state.epoch, state.global_step, summary)
+    if state.interrupted:  # epochs as the console counts them: 1-based, "Epoch 3/12"
+        log.info("Training interrupted in epoch %d/%d (%d steps): %s", min(state.epoch + 1, state.max_epochs), state.max_epochs,
+                 state.global_step, summary)
+    else:
+        log.info("Training finished after %d epochs (%d steps): %s", state.epoch, state.global_step, summary)
     if rt.run_dir is not None:
         log.info("Run folder: %s", rt.run_dir)
     rt.close("interrupted" if state.interrupted else "success")

@@ -36,6 +36,7 @@ from runtime.registry import adapt_callbacks
 from runtime.resume import ResumePoint, check_state_keys, checkpoint_of, load_for_resume, restore
 from runtime.state import LoopState
 from runtime.tracking import Tracker, create_tracker
+from runtime.tracking.local import run_dir_of
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -128,6 +129,9 @@ class RuntimeCore:
         self._val_pending = False
         self._logged_step = -1
         self._resume: ResumePoint | None = None
+        self._resuming: str | os.PathLike[str] | None = None
+        """The checkpoint the running fit resumes from, known before the tracker opens: a
+        checkpoint inside a run folder reopens that folder (see :meth:`_open_tracker`)."""
         self._predictions: list[Any] = []
         # Last: adapters (compat's, for Lightning callbacks) may read the model and tracker.
         self.callbacks = adapt_callbacks(self.callbacks, self)
@@ -265,13 +269,18 @@ class RuntimeCore:
             self.tracker.finalize("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
 
     def _open_tracker(self) -> None:
+        """The tracker the config describes. A fit that resumes from a checkpoint inside a
+        run folder continues in that folder (log appended, metrics continued, status
+        updated, checkpoints in the same top-k); config.yaml records ``resume_from``."""
         if self.tracker is None:
-            tcfg = self.config.tracker
-            self.tracker = create_tracker(tcfg.save_directory, tcfg.run_name, tcfg.backends)
+            tcfg, resume = self.config.tracker, self._resuming
+            run_dir = run_dir_of(resume) if resume is not None and Path(resume).is_file() else None
+            self.tracker = create_tracker(tcfg.save_directory, tcfg.run_name, tcfg.backends, run_dir=run_dir)
             atexit.register(_close_at_exit, weakref.ref(self))
-            save_config = getattr(self.tracker, "save_config", None)
-            if callable(save_config):
-                save_config(config_to_dict(self.config))
+            saved = config_to_dict(self.config)
+            if resume is not None:
+                saved.setdefault("trainer", {})["resume_from"] = os.fspath(resume)
+            self.tracker.save_config(saved)
 
     @property
     def run_dir(self) -> Path | None:
@@ -369,6 +378,8 @@ class RuntimeCore:
         checkpoint = load_for_resume(self, path)
         self.bus.event.load_checkpoint.emit(self, checkpoint=checkpoint)
         self._resume = restore(self, checkpoint, path)
+        if self.tracker is not None:  # a reopened run folder drops the records after this step
+            self.tracker.resume_at(self.state.global_step)
 
 
 def _close_at_exit(runtime_ref: weakref.ref[RuntimeCore]) -> None:

@@ -28,6 +28,17 @@ names without ``on_``)::
         validation_epoch_end  epoch_metrics(stage="val", metrics)  validation_end
 
 ``test`` and ``predict`` follow the same block shape with ``setup``/``teardown`` around it.
+
+What is true when an event fires (pinned by ``tests/test_event_contracts.py``):
+``before_zero_grad`` still sees the previous step's gradients; ``before_backward`` gets the
+graph-connected loss (divided by ``accumulate_grad_batches``) with the gradients cleared;
+``after_backward`` sees every gradient, weights not yet updated; ``before_optimizer_step``
+sees the gradients unscaled (16-mixed) and not yet clipped; ``train_batch_end`` comes after
+the step, with ``global_step`` counted and ``batch_idx`` the batches done; from
+``<stage>_start`` to ``<stage>_end`` the module is in eval mode and gradients are off;
+``*_epoch_end`` sees the epoch's metrics reduced in ``state.metrics``; ``save_checkpoint``
+gets the complete dict (what a receiver adds is written); ``load_checkpoint`` comes after the
+weights are loaded and before the optimizer, callbacks and loop position.
 On an error: ``exception(exception)`` fires once and the error propagates. Checkpoints:
 ``save_checkpoint(checkpoint)`` before a write, ``load_checkpoint(checkpoint)`` on resume.
 """

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from runtime.checkpoint import isolated_rng
+from runtime.checkpoint import isolated_rng, set_rng_state
 from runtime.core import RuntimeCore, as_count
 from runtime.data import iterate, num_batches
 from runtime.datamodule import as_datamodule, fit_loaders, loader_of, prepare_and_setup
@@ -63,6 +63,7 @@ class Runtime(RuntimeCore):
         """
         cfg, st, ev = self.config.trainer, self.state, self.bus.event
         ckpt_path = ckpt_path if ckpt_path is not None else cfg.resume_from
+        self._resuming = ckpt_path  # opening the tracker: a checkpoint's run folder is continued
         dm = as_datamodule(train_loader, datamodule, "fit")
         if dm is None and train_loader is None:
             raise ConfigError("fit: give a training loader or a datamodule")
@@ -125,6 +126,8 @@ class Runtime(RuntimeCore):
         resume, self._resume = self._resume, None
         skip = resume.batch_idx if resume else 0
         if resume is not None and resume.epoch_done:
+            if resume.rng is not None:  # exact: the next epoch draws what the saved run drew
+                set_rng_state(resume.rng)
             self._finish_epoch(resumed_after_epoch_end=True)
             return
 
@@ -189,7 +192,9 @@ class Runtime(RuntimeCore):
             with self._autocast:
                 output = self._training_step(batch, batch_idx)
         loss = output if type(output) is torch.Tensor else step_loss(output)
-        if loss is None:  # the step asked to skip this batch
+        if loss is None:  # the step asked to skip this batch (not the epoch's scheduler step)
+            if is_last and self.lr_scheduler_configs:
+                self._step_schedulers("epoch", self.state.epoch + 1)
             return {} if output is None else dict(output)
 
         if accumulate == 1:
@@ -296,8 +301,10 @@ class Runtime(RuntimeCore):
             ev.teardown.emit(self, stage=fn)
         return metrics
 
+    @torch.no_grad()  # from <stage>_start to <stage>_end, as Lightning's evaluation loop
     def _eval_epoch(self, stage: str, loader: Iterable[Any], max_batches: int) -> dict[str, float]:
-        """One evaluation epoch of ``stage`` ("validation", "test", "predict")."""
+        """One evaluation epoch of ``stage`` ("validation", "test", "predict"): every event of
+        the block sees the module in eval mode and gradients off."""
         signal = self.bus.signal
         start, epoch_start = signal(f"{stage}_start"), signal(f"{stage}_epoch_start")
         batch_start, batch_end = signal(f"{stage}_batch_start"), signal(f"{stage}_batch_end")
@@ -357,8 +364,11 @@ class Runtime(RuntimeCore):
     def _publish_epoch_metrics(self, stage: str, metrics: dict[str, float]) -> None:
         """Record a stage's epoch metrics in history and the tracker, then emit the event."""
         st = self.state
-        st.history.append({"stage": stage, "epoch": st.epoch, "global_step": st.global_step, **metrics})
+        # the 0-based index of the epoch the values belong to; after training (a test at
+        # train end) that is the last epoch trained, not the count of epochs
+        epoch = st.epoch - 1 if st.stage != "fit" and st.epoch > 0 and st.batch_idx == 0 else st.epoch
+        st.history.append({"stage": stage, "epoch": epoch, "global_step": st.global_step, **metrics})
         if self.tracker is not None:
             for values, step in self.metrics.epoch_logs(stage, st.global_step):
-                self.tracker.log_metrics(values, step=step, epoch=st.epoch)
+                self.tracker.log_metrics(values, step=step, epoch=epoch)
         self.bus.event.epoch_metrics.emit(self, stage=stage, metrics=metrics)

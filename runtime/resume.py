@@ -90,7 +90,11 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
     epoch_rng = None if epoch_done else epoch_rng
     # Each rank draws its own random numbers and logs its own values: rank zero writes
     # every rank's (a collective: every rank builds the checkpoint).
-    ranks = dist.all_gather_object({"rng": rng_state(), "epoch_rng": epoch_rng, "pending_logs": pending})
+    # The gradients of an unfinished accumulation window differ between ranks too (no_sync).
+    grads = _window_grads(runtime, epoch_done)
+    ranks = dist.all_gather_object(
+        {"rng": rng_state(), "epoch_rng": epoch_rng, "pending_logs": pending, "grads": grads}
+    )
     checkpoint = {
         FORMAT_KEY: FORMAT_VERSION,
         "epoch": st.epoch,
@@ -102,6 +106,7 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
             "val_pending": val_pending,
             "epoch_rng": epoch_rng,
             "pending_logs": pending,
+            "grads": grads,
             **({"ranks": ranks} if len(ranks) > 1 else {}),
         },
         "state_dict": runtime.model.state_dict(),
@@ -118,6 +123,35 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
     }
     checkpoint.update(_lightning_entries(runtime, epoch_done))
     return checkpoint
+
+
+def _window_grads(runtime: Runtime, epoch_done: bool) -> list[Any] | None:
+    """The gradients summed so far in an unfinished accumulation window, one entry per
+    parameter of the model (None where it has none), or None outside a window.
+
+    A window opens at each batch index divisible by ``accumulate_grad_batches``; a checkpoint
+    taken after its first micro-batches holds their gradients so that the resumed run adds
+    the rest to them and steps exactly as the uninterrupted run does. Not for a model
+    sharded with FSDP (its gradients are shards): that resume restarts the window.
+    """
+    st, accumulate = runtime.state, runtime.accumulate_grad_batches
+    if accumulate <= 1 or epoch_done or st.batch_idx % accumulate == 0:
+        return None
+    if runtime.sharded:
+        log.warning("FSDP checkpoint inside an accumulation window: its partial gradients are not saved")
+        return None
+    return [None if p.grad is None else p.grad.detach().clone() for p in runtime.model.parameters()]
+
+
+def _restore_window_grads(runtime: Runtime, grads: list[Any] | None, path: str | os.PathLike[str]) -> None:
+    """Put the gradients of an unfinished accumulation window back on the parameters."""
+    if grads is None:
+        return
+    params = list(runtime.model.parameters())
+    if len(grads) != len(params):
+        raise CheckpointError(f"{path} holds gradients for {len(grads)} parameters, the model has {len(params)}")
+    for param, grad in zip(params, grads, strict=True):
+        param.grad = None if grad is None else grad.to(device=param.device, dtype=param.dtype)
 
 
 def _lightning_entries(runtime: Runtime, epoch_done: bool) -> dict[str, Any]:
@@ -250,6 +284,7 @@ def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLik
     st.batch_idx = int(loop["batch_idx"])
     mine = _this_rank(loop, checkpoint, path)
     runtime.metrics.restore_pending("train", mine["pending_logs"])
+    _restore_window_grads(runtime, mine.get("grads"), path)
     log.info("Resumed from %s at epoch %d, batch %d, step %d", path, st.epoch, st.batch_idx, st.global_step)
     return ResumePoint(
         batch_idx=st.batch_idx,
@@ -268,7 +303,12 @@ def _this_rank(loop: dict[str, Any], checkpoint: dict[str, Any], path: str | os.
     is unchanged) and each rank the random state of its rank number, if saved, else rank 0's.
     """
     saved = loop.get("ranks") or [
-        {"rng": checkpoint.get("rng"), "epoch_rng": loop.get("epoch_rng"), "pending_logs": loop.get("pending_logs", {})}
+        {
+            "rng": checkpoint.get("rng"),
+            "epoch_rng": loop.get("epoch_rng"),
+            "pending_logs": loop.get("pending_logs", {}),
+            "grads": loop.get("grads"),
+        }
     ]
     rank, world = dist.rank(), dist.world_size()
     if len(saved) == world:
@@ -285,7 +325,9 @@ def _this_rank(loop: dict[str, Any], checkpoint: dict[str, Any], path: str | os.
                 into["values"] += list(logged["values"])
                 into["sizes"] += list(logged["sizes"])
     own = saved[rank] if rank < len(saved) else saved[0]
-    return {"rng": own["rng"], "epoch_rng": own["epoch_rng"], "pending_logs": merged}
+    if own.get("grads") is not None:
+        log.warning("%s: the partial accumulation window's gradients are dropped (another world size)", path)
+    return {"rng": own["rng"], "epoch_rng": own["epoch_rng"], "pending_logs": merged, "grads": None}
 
 
 def _load_optimizers(runtime: Runtime, states: list[Any], path: str | os.PathLike[str]) -> None:

@@ -413,3 +413,68 @@ def test_sigkill_during_saves_never_leaves_a_broken_file(tmp_path: Path) -> None
             launcher.kill()
             launcher.wait()
         launcher.stdout.close()
+
+
+# A training run whose ModelCheckpoint keeps the latest file (top 1, monitor None) of a large
+# model (~128 MB of weights): at its second save it prints "writing" and the test SIGKILLs it
+# while the new file's bytes are going to disk.
+_TRAINER = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    from compat import ModelCheckpoint
+    from runtime import Callback, Runtime
+    from runtime.tracking import NullTracker
+
+    class Announce(Callback):
+        def on_save_checkpoint(self, runtime, checkpoint):
+            if runtime.state.epoch == 1:
+                print("writing", flush=True)
+
+    class Big(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(4, 2)
+            self.register_buffer("table", torch.arange(32 * 2**20, dtype=torch.float32))
+
+        def forward(self, x):
+            return self.head(x)
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+    config = {"optimizer": {"name": "SGD", "params": {"lr": 0.1}},
+              "trainer": {"epochs": 3, "num_sanity_val_steps": 0, "accelerator": "cpu"}}
+    callbacks = [ModelCheckpoint(dirpath=sys.argv[1], filename="{epoch}"), Announce()]
+    rt = Runtime(Big(), callbacks, config, loss="torch.nn.functional:cross_entropy", tracker=NullTracker())
+    rt.fit(DataLoader(data, batch_size=8))
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_while_a_large_checkpoint_is_written_keeps_the_previous_one(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    child = subprocess.Popen([sys.executable, "-c", _TRAINER, str(folder)], stdout=subprocess.PIPE, env=env, text=True)
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 0 for p in folder.glob(".*.tmp")):  # bytes are being written
+            assert time.monotonic() < deadline and child.poll() is None, "the second write never started"
+            time.sleep(0.001)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["epoch=0.ckpt"]  # not replaced, not half-written
+    partial = list(folder.glob(".*.tmp"))
+    assert partial and partial[0].stat().st_size < (folder / "epoch=0.ckpt").stat().st_size
+    previous = torch.load(folder / "epoch=0.ckpt", weights_only=True)
+    assert previous["epoch"] == 0 and previous["global_step"] == 2
+    assert torch.equal(previous["state_dict"]["table"], torch.arange(32 * 2**20, dtype=torch.float32))
+    assert load_checkpoint(folder / "epoch=0.ckpt")["loop"]["epoch_done"]

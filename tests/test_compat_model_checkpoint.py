@@ -193,3 +193,59 @@ def test_save_on_exception_writes_what_lightning_writes(tmp_path: Path) -> None:
         fit_busloop(PairModule(), [BusloopBoom(), ModelCheckpoint(dirpath=tmp_path / "B", **options)], epochs=3)
     assert _files(tmp_path / "B") == _files(tmp_path / "L") == ["epoch=0-step=6.ckpt", "epoch=1-step=9.ckpt", "last.ckpt"]
     assert load_checkpoint(tmp_path / "B" / "last.ckpt")["global_step"] == 9
+
+
+def _disk_full_after(monkeypatch: pytest.MonkeyPatch, good_writes: int) -> list[int]:
+    """Make every torch.save after the first ``good_writes`` write a few bytes and then fail
+    with ENOSPC, as a full disk does (the failure is injected; the file handling is real)."""
+    import errno
+
+    real, calls = torch.save, [0]
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        if calls[0] > good_writes:
+            f.write(b"PK\x03\x04 the first bytes of a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    return calls
+
+
+def _only_the_first_best(ours: ModelCheckpoint, folder: Path) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=0.ckpt"]  # no half-written or temporary file
+    assert ours.best_model_path == str(folder / "epoch=0.ckpt") and list(ours.best_k_models) == [ours.best_model_path]
+    assert float(ours.best_model_score) == pytest.approx(0.5)  # type: ignore[arg-type]
+    assert load_checkpoint(folder / "epoch=0.ckpt")["epoch"] == 0
+
+
+def test_a_disk_full_write_stops_the_run_with_one_clear_error_and_keeps_the_best(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.bus import CallbackError
+
+    ours = ModelCheckpoint(dirpath=tmp_path, monitor="score", mode="max", save_top_k=1, filename="{epoch}")
+    _disk_full_after(monkeypatch, good_writes=1)
+    with pytest.raises(CallbackError) as caught:  # scores 0.5, 0.3, 0.6: epoch 2's write fails
+        fit_busloop(PairModule(), [ours], epochs=4)
+    message = str(caught.value)
+    assert "CheckpointError: ModelCheckpoint could not write" in message and "epoch=2.ckpt" in message
+    assert "No space left on device" in message and f"best: {tmp_path / 'epoch=0.ckpt'}" in message
+    assert "\n" not in message
+    _only_the_first_best(ours, tmp_path)
+
+
+def test_on_write_error_continue_trains_on_and_keeps_the_best(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ours = ModelCheckpoint(
+        dirpath=tmp_path, monitor="score", mode="max", save_top_k=1, filename="{epoch}", on_write_error="continue"
+    )
+    calls = _disk_full_after(monkeypatch, good_writes=1)
+    with caplog.at_level("ERROR", logger="busloop"):
+        rt = fit_busloop(PairModule(), [ours], epochs=4)
+    assert rt.state.epoch == 4 and not rt.state.interrupted
+    assert calls[0] == 2  # epoch 2's write was tried (epochs 1 and 3 are not in the top 1)
+    assert "could not write" in caplog.text and "training goes on" in caplog.text
+    _only_the_first_best(ours, tmp_path)

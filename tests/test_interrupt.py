@@ -391,13 +391,23 @@ class Case:
     workers: int
     augment: bool = False
     ema: bool = False
+    accumulate: int = 1
 
     @property
     def variant(self) -> str:
-        return f"w{self.workers}{'-aug' if self.augment else ''}{'-ema' if self.ema else ''}"
+        acc = f"-acc{self.accumulate}" if self.accumulate > 1 else ""
+        return f"w{self.workers}{'-aug' if self.augment else ''}{'-ema' if self.ema else ''}{acc}"
 
     def job(self, out: Path, **extra: Any) -> dict[str, Any]:
-        return {"out": str(out), "workers": self.workers, "augment": self.augment, "ema": self.ema, **extra}
+        return {
+            "out": str(out), "workers": self.workers, "augment": self.augment, "ema": self.ema,
+            "accumulate": self.accumulate, **extra,
+        }
+
+    def steps(self, epoch: int, done: int) -> int:
+        """Optimizer steps after ``done`` batches of ``epoch`` (a short last window steps too)."""
+        per_epoch = -(-BATCHES // self.accumulate)
+        return epoch * per_epoch + done // self.accumulate + (done == BATCHES and done % self.accumulate != 0)
 
 
 # Every interrupt point (mid, first and last batch of an epoch) with each signal and each
@@ -413,6 +423,10 @@ CASES = [
     Case("last-SIGTERM-w2", (1, BATCHES - 1), "SIGTERM", 2),
     Case("ema-mid-SIGINT-w0-aug", (1, 5), "SIGINT", 0, augment=True, ema=True),
     Case("ema-last-SIGTERM-w2", (0, BATCHES - 1), "SIGTERM", 2, ema=True),
+    # accumulate_grad_batches=3: windows [0, 1, 2] [3, 4, 5] [6, 7]; interrupted inside one
+    Case("acc3-first-of-window-SIGINT-w2", (1, 3), "SIGINT", 2, accumulate=3),
+    Case("acc3-second-of-window-SIGTERM-w0-aug", (0, 4), "SIGTERM", 0, augment=True, accumulate=3),
+    Case("acc3-short-window-SIGINT-w0", (2, 6), "SIGINT", 0, accumulate=3),
 ]
 
 
@@ -453,7 +467,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(matrix: dict[str, Any]
     root: Path = matrix["root"]
     interrupted = _load(root / "interrupted" / case.name / "result.pt")
     epoch, batch = case.kill
-    assert interrupted["interrupted"] and interrupted["global_step"] == epoch * BATCHES + batch + 1
+    assert interrupted["interrupted"] and interrupted["global_step"] == case.steps(epoch, batch + 1)
     default = [str(signal.default_int_handler), str(int(signal.SIG_DFL))]
     assert interrupted["handlers"] == default  # restored after the interrupted fit
     checkpoint = load_checkpoint(root / "interrupted" / case.name / "resume.ckpt")
@@ -463,7 +477,9 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(matrix: dict[str, Any]
 
     baseline = _load(root / "baseline" / case.variant / "result.pt")
     resumed = _load(root / "resumed" / case.name / "result.pt")
-    assert baseline["global_step"] == resumed["global_step"] == STEPS
+    assert baseline["global_step"] == resumed["global_step"] == case.steps(3, 0)
+    if case.accumulate > 1:
+        assert checkpoint["loop"]["grads"] is not None  # inside a window: its gradients are kept
     assert not resumed["interrupted"]
     for key in ("weights", "optimizer", "schedulers", "history", "ema"):
         _assert_identical(baseline[key], resumed[key], key)
@@ -481,8 +497,11 @@ def test_second_signal_exits_immediately(tmp_path: Path) -> None:
     sentinel = out / "resume.ckpt"
     sentinel.write_bytes(b"an older resume checkpoint")
     start = time.monotonic()
-    proc = _run_jobs([{"out": str(out), "kill": [0, 2], "signal": "SIGINT", "times": 2}])
+    runs = tmp_path / "runs"
+    proc = _run_jobs([{"out": str(out), "kill": [0, 2], "signal": "SIGINT", "times": 2, "runs": str(runs)}])
     assert proc.returncode == 1, proc.stderr[-3000:]
+    # the run folder records how the run ended, not "running" forever (issue #16)
+    assert (runs / "0-job" / "status.txt").read_text() == "interrupted\n"
     assert "second SIGINT received, exiting immediately" in proc.stderr
     assert "Graceful shutdown" not in proc.stderr and not (out / "result.pt").exists()
     assert sentinel.read_bytes() == b"an older resume checkpoint"  # not rewritten
@@ -530,6 +549,7 @@ def test_cli_ctrl_c_to_the_process_group_exits_130_and_resume_finishes(tmp_path:
         if child.poll() is None:
             child.kill()
     assert child.returncode == 130, stderr[-4000:]
+    assert "Training interrupted in epoch 1/3 (4 steps)" in stderr and "Training finished" not in stderr
     match = re.search(r"resume with: (busloop train .*--resume (\S+))", stderr)
     assert match, stderr[-4000:]
     resume = Path(match.group(2))
@@ -544,3 +564,21 @@ def test_cli_ctrl_c_to_the_process_group_exits_130_and_resume_finishes(tmp_path:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Resumed from" in proc.stderr and f"Training finished after 3 epochs ({STEPS} steps)" in proc.stderr
+
+
+@pytest.mark.parametrize("kill", [(0, 0), (1, 3), (1, 4)], ids=["first-of-epoch0", "first-of-window", "second-of-window"])
+def test_resume_mid_accumulation_window_is_exact(tmp_path: Path, kill: tuple[int, int]) -> None:
+    """accumulate_grad_batches=3 over 6 batches: windows [0, 1, 2] and [3, 4, 5]. An interrupt
+    after one or two micro-batches of a window must resume with their gradients (issue #16)."""
+    straight = _runtime([], epochs=2, accumulate_grad_batches=3)
+    _fit(straight)
+    interrupted = _runtime([GracefulInterruptCallback(save_dir=str(tmp_path)), SelfSignal(*kill)], epochs=2, accumulate_grad_batches=3)
+    assert _fit(interrupted).interrupted
+    loop = load_checkpoint(tmp_path / "resume.ckpt")["loop"]
+    assert loop["batch_idx"] % 3 != 0  # the checkpoint lies inside a window
+    resumed = _runtime([], epochs=2, accumulate_grad_batches=3)
+    state = _fit(resumed, ckpt=tmp_path / "resume.ckpt")
+    assert state.global_step == straight.state.global_step == 4
+    _assert_identical(straight.model.state_dict(), resumed.model.state_dict(), "weights")
+    _assert_identical(straight.optimizer.state_dict(), resumed.optimizer.state_dict(), "optimizer")  # type: ignore[union-attr]
+    _assert_identical(straight.state.history, resumed.state.history, "history")

@@ -249,14 +249,17 @@ def test_metrics_are_batch_size_weighted_means() -> None:
 
 
 
-@pytest.mark.parametrize(("epoch", "at"), [(1, 2), (0, 0), (1, 5)])
-def test_resume_mid_epoch_is_bitwise_identical(tmp_path: Any, epoch: int, at: int) -> None:
+@pytest.mark.parametrize(
+    ("epoch", "at", "accumulate"), [(1, 2, 1), (0, 0, 1), (1, 5, 1), (1, 0, 4), (2, 4, 4), (0, 2, 4)]
+)
+def test_resume_mid_epoch_is_bitwise_identical(tmp_path: Any, epoch: int, at: int, accumulate: int) -> None:
     """Shuffled loader, dropout, momentum, a scheduler: resuming from a checkpoint taken
-    after any batch ends with the same weights, optimizer state and metric history."""
+    after any batch ends with the same weights, optimizer state and metric history; with
+    accumulation also inside a window ([0..3] [4, 5] with 6 batches and 4 per step)."""
     scheduler = {"name": "StepLR", "params": {"step_size": 1, "gamma": 0.7}}
 
     def run(callbacks: list[Any], ckpt: Any = None) -> Runtime:
-        cfg = base_config(epochs=3, seed=3)
+        cfg = base_config(epochs=3, seed=3, accumulate_grad_batches=accumulate)
         cfg["scheduler"] = scheduler
         rt = Runtime(make_model(seed=9, dropout=0.5), callbacks, cfg, loss=F.cross_entropy, tracker=NullTracker())
         rt.fit(make_loader(shuffle=True), make_loader(32), ckpt_path=ckpt)
@@ -273,7 +276,7 @@ def test_resume_mid_epoch_is_bitwise_identical(tmp_path: Any, epoch: int, at: in
     for key in a["state"]:
         assert torch.equal(a["state"][key]["momentum_buffer"], b["state"][key]["momentum_buffer"])
     assert straight.state.history == resumed.state.history
-    assert straight.state.global_step == resumed.state.global_step == 18
+    assert straight.state.global_step == resumed.state.global_step == 3 * -(-6 // accumulate)
     assert load_checkpoint(path)["loop"]["batch_idx"] == at + 1
 
 
@@ -343,3 +346,35 @@ def test_zero_grad_honours_an_inherited_override() -> None:
     Inheriting.calls = 0
     runtime.fit(loader)
     assert Inheriting.calls == len(loader)
+
+
+def test_epoch_scheduler_steps_when_the_last_training_step_returns_none() -> None:
+    """A training_step that skips the epoch's last batch (returns None) must not skip the
+    epoch-interval scheduler step (issue #16)."""
+
+    class SkipsLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_model()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)  # type: ignore[no-any-return]
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+            if batch_idx == 3:  # the last of 4 batches
+                return None
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+    lrs: list[float] = []
+
+    class LrProbe(Callback):
+        def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+            lrs.append(runtime.optimizer.param_groups[0]["lr"])  # type: ignore[union-attr]
+
+    cfg = base_config(epochs=3)
+    cfg["scheduler"] = {"name": "StepLR", "params": {"step_size": 1, "gamma": 0.5}, "interval": "epoch"}
+    rt = Runtime(SkipsLast(), [LrProbe()], cfg, tracker=NullTracker())
+    rt.fit(make_loader(64, batch_size=16))
+    assert rt.state.global_step == 9  # the skipped batches did not step the optimizer
+    assert lrs == pytest.approx([0.1] * 4 + [0.05] * 4 + [0.025] * 4)

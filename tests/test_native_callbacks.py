@@ -77,3 +77,22 @@ def test_gradient_accumulation_scheduler_changes_steps_per_epoch() -> None:
     assert steps == [2, 8, 14]
     with pytest.raises(ValueError, match="count >= 1"):
         GradientAccumulationScheduler({0: 0})
+
+
+def test_an_inactive_model_checkpoint_entry_switches_the_default_checkpoints_off() -> None:
+    """README: ``active: false`` switches a default off, ModelCheckpoint included; an active
+    ModelCheckpoint entry adds one next to the defaults (issue #16)."""
+    from callbacks import build_callbacks
+    from runtime.config import load_config
+
+    def checkpoints(*overrides: str) -> list[str | None]:
+        built = build_callbacks(load_config(None, ["trainer.smart_cfg_auto_populate=false", *overrides]))
+        return [c.monitor for c in built if isinstance(c, ModelCheckpoint)]
+
+    assert checkpoints() == ["val/loss"]
+    assert checkpoints("trainer.callbacks=[{name: ModelCheckpoint, params: {monitor: train/loss}}]") == [
+        "val/loss", "train/loss"
+    ]
+    assert checkpoints("trainer.callbacks=[{name: ModelCheckpoint, active: false}]") == []
+    both = "trainer.callbacks=[{name: ModelCheckpoint, active: false}, {name: ModelCheckpoint, params: {monitor: x}}]"
+    assert checkpoints(both) == ["x"]

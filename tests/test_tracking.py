@@ -453,3 +453,97 @@ def test_distributed_env_and_rank_zero_only(monkeypatch: pytest.MonkeyPatch) -> 
     assert distributed.launched_by_torchrun()
     assert not distributed.is_rank_zero()
     assert write() is None
+
+
+# -- remote backends that fail (issue #16) ----------------------------------------------
+
+
+class _Flaky(_Recorder):
+    """A stand-in for a remote backend (a fake, not a real server): raises ConnectionError
+    while ``down``, as MLflow's client does when its server cannot be reached."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def _record(self, *call: object) -> None:
+        if self.down:
+            raise ConnectionError("connection refused")
+        self.calls.append(call)
+
+
+def test_guarded_backend_buffers_while_down_and_sends_in_order_when_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from runtime.tracking import GuardedTracker
+
+    backend = _Flaky()
+    tracker = GuardedTracker(backend, retry_interval=0.0)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    backend.down = True
+    with caplog.at_level(logging.INFO, logger="busloop"):
+        tracker.log_metrics({"loss": 0.9}, step=2)  # raises inside: buffered, warned
+        tracker.log_metrics({"loss": 0.8}, step=3)  # retried and buffered again: no second warning
+        backend.down = False
+        tracker.log_metrics({"loss": 0.7}, step=4)  # the retry succeeds: everything in order
+    assert [c[2] for c in backend.calls] == [1, 2, 3, 4]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "ConnectionError: connection refused" in warnings[0].getMessage()
+    assert "reachable again: 3 buffered record(s) sent" in caplog.text
+    backend.down = True
+    tracker.log_metrics({"loss": 0.6}, step=5)
+    tracker.finalize("success")  # the last retry fails too: recorded, not raised
+    assert tracker.status == "success" and len(tracker.problems) == 1
+    assert "record(s) not sent" in tracker.problems[0] and "_Flaky" in tracker.problems[0]
+
+
+def test_guarded_backend_drops_the_oldest_beyond_its_buffer() -> None:
+    from runtime.tracking import GuardedTracker
+
+    backend = _Flaky()
+    backend.down = True
+    tracker = GuardedTracker(backend, buffer=3, retry_interval=3600.0)
+    for step in range(10):
+        tracker.log_metrics({"loss": 1.0}, step=step)
+    backend.down = False
+    tracker.finalize("success")
+    assert [c[2] for c in backend.calls if c[0] == "metrics"] == [7, 8, 9]
+    assert "7 record(s) not sent" in tracker.problems[0]
+
+
+def test_a_failing_remote_tracker_never_stops_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real fit with the local and "mlflow" backends, where mlflow is a fake module whose
+    calls raise ConnectionError (a server that went down): the run finishes, the run folder's
+    status.txt says success and records the tracker problem."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from runtime import Runtime
+
+    fake = types.ModuleType("mlflow")
+    fake.active_run = lambda: None  # type: ignore[attr-defined]
+    fake.start_run = lambda run_name=None, nested=False: None  # type: ignore[attr-defined]
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("server unreachable")
+
+    fake.log_params = fake.log_metrics = fake.log_artifact = fake.end_run = down  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    config = {
+        "optimizer": {"name": "SGD", "params": {"lr": 0.1}},
+        "trainer": {"epochs": 2, "num_sanity_val_steps": 0, "log_every_n_steps": 1},
+        "tracker": {"save_directory": str(tmp_path), "run_name": "flaky", "backends": ["local", "mlflow"]},
+    }
+    rt = Runtime(torch.nn.Linear(4, 2), [], config, loss="torch.nn.functional:cross_entropy")
+    with rt:
+        state = rt.fit(DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+    assert state.global_step == 8 and not state.interrupted
+    lines = (tmp_path / "0-flaky" / "status.txt").read_text().splitlines()
+    assert lines[0] == "success"
+    assert "tracker MLflowTracker" in lines[1] and "ConnectionError: server unreachable" in lines[1]
+    log_text = (tmp_path / "0-flaky" / "log.txt").read_text()
+    assert log_text.count("Tracker MLflowTracker failed") == 1
+    rows = [json.loads(line) for line in (tmp_path / "0-flaky" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val/loss" in r] == [4, 8]  # the local backend got its records

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import IO, TextIO
 
+from rich import get_console
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
@@ -107,6 +108,10 @@ class _EncodedStringIO(io.StringIO):
 class ConsoleOutput:
     """Printed output: a rich Console on ``file`` (stdout when None) plus a log mirror.
 
+    On a terminal (no ``file`` or ``console`` given) it is rich's global console, which
+    the CLI's log handler also prints through: one console, so a live bar and log records
+    never share a line.
+
     When the console is not a terminal, rich renders without colours or ANSI codes and
     the exact text printed is also what is logged.
     """
@@ -120,7 +125,11 @@ class ConsoleOutput:
         self.logger = logger
         if console is None:
             console = Console(file=file, highlight=False)
-            if not console.is_terminal and "COLUMNS" not in os.environ:
+            if file is None and console.is_terminal:
+                # On a terminal: rich's global console, the one the CLI's log handler prints
+                # through, so that log records go above the live bar, never onto its line.
+                console = get_console()
+            elif not console.is_terminal and "COLUMNS" not in os.environ:
                 console.width = _NON_TTY_WIDTH  # tables are never squeezed in CI logs
         self.console = console
 

@@ -18,11 +18,13 @@ from pathlib import Path
 from ..distributed import is_rank_zero
 from ..errors import ConfigError
 from .base import FINAL_STATUSES, MultiTracker, NullTracker, Tracker
+from .guard import GuardedTracker
 from .local import LocalTracker, new_run_dir
 
 __all__ = [
     "BACKENDS",
     "FINAL_STATUSES",
+    "GuardedTracker",
     "LocalTracker",
     "MultiTracker",
     "NullTracker",
@@ -92,6 +94,8 @@ def create_tracker(
     creates a run folder, the others get a :class:`NullTracker`. ``run_dir`` reopens an
     existing run folder (resume) instead of numbering a new one. One backend gives its
     tracker, several a :class:`MultiTracker` sharing one run folder, none a NullTracker.
+    TensorBoard and MLflow come wrapped in a :class:`GuardedTracker`: their failures are
+    warned about and retried, never raised into training.
     """
     names = check_backends(backends)
     if not is_rank_zero() or not names:
@@ -109,9 +113,9 @@ def create_tracker(
 
             if folder is None:
                 folder = new_run_dir(save_directory, run_name)
-            trackers.append(TensorBoardTracker(folder))
+            trackers.append(GuardedTracker(TensorBoardTracker(folder)))
         elif name == "mlflow":
             from .mlflow import MLflowTracker
 
-            trackers.append(MLflowTracker(folder, run_name))
+            trackers.append(GuardedTracker(MLflowTracker(folder, run_name)))
     return trackers[0] if len(trackers) == 1 else MultiTracker(trackers)

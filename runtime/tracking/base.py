@@ -46,6 +46,13 @@ class Tracker(abc.ABC):
     uploads: bool = False
     """Whether ``log_artifact`` sends files somewhere beyond the run folder (a tracking
     server or store), so that "uploaded" is true when said."""
+    problems: tuple[str, ...] = ()
+    """What went wrong with the tracking itself during the run (a remote backend that
+    failed, see :class:`runtime.tracking.guard.GuardedTracker`); a tracker with a status
+    file records them under the final status."""
+    status_path: Path | None = None
+    """The file holding the run's status ("running", then the final one), when the tracker
+    keeps one: a hard exit (a second Ctrl+C) writes its final status there directly."""
 
     @abc.abstractmethod
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
@@ -73,6 +80,10 @@ class Tracker(abc.ABC):
 
     def save_config(self, cfg_dict: Mapping[str, Any]) -> None:  # noqa: B027
         """Record the resolved configuration. Trackers without a place for it ignore it."""
+
+    def resume_at(self, step: int) -> None:  # noqa: B027
+        """The run continues from a checkpoint taken at ``step``: records after it (written
+        by the continuation that is being replaced) are dropped where the tracker can."""
 
     def finalize(self, status: str) -> None:
         """Close the run as ``status`` ("success", "failed" or "interrupted").
@@ -146,11 +157,16 @@ class MultiTracker(Tracker):
         self.status = None
         self.run_dir = next((t.run_dir for t in self.trackers if t.run_dir is not None), None)
         self.uploads = any(t.uploads for t in self.trackers)
+        self.status_path = next((t.status_path for t in self.trackers if t.status_path is not None), None)
 
     def _each(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return self._each_of(self.trackers, method, *args, **kwargs)
+
+    @staticmethod
+    def _each_of(trackers: Sequence[Tracker], method: str, *args: Any, **kwargs: Any) -> list[Any]:
         results: list[Any] = []
         first_error: BaseException | None = None
-        for tracker in self.trackers:
+        for tracker in trackers:
             try:
                 results.append(getattr(tracker, method)(*args, **kwargs))
             except Exception as err:
@@ -184,8 +200,20 @@ class MultiTracker(Tracker):
     def save_config(self, cfg_dict: Mapping[str, Any]) -> None:
         self._each("save_config", cfg_dict)
 
+    def resume_at(self, step: int) -> None:
+        self._each("resume_at", step)
+
     def _finalize(self, status: str) -> None:
-        self._each("finalize", status)
+        """Finalise the others first, then the one holding the status file, which records
+        their problems under the final status (and its log gets their last lines)."""
+        last = [t for t in self.trackers if t.status_path is not None and t.status_path == self.status_path][:1]
+        first = [t for t in self.trackers if t not in last]
+        for tracker in first:
+            self._each_of([tracker], "finalize", status)
+        self.problems = tuple(p for t in self.trackers for p in t.problems)
+        for tracker in last:
+            tracker.problems = (*tracker.problems, *(p for t in first for p in t.problems))
+        self._each_of(last, "finalize", status)
 
     def __repr__(self) -> str:
         return f"MultiTracker({self.trackers!r})"

@@ -27,7 +27,7 @@ import yaml
 
 from .base import Tracker, to_hwc_uint8
 
-__all__ = ["LocalTracker", "new_run_dir", "next_run_number"]
+__all__ = ["LocalTracker", "new_run_dir", "next_run_number", "run_dir_of"]
 
 log = logging.getLogger("busloop.tracking")
 
@@ -77,6 +77,17 @@ def new_run_dir(
             continue
         return candidate
     raise RuntimeError(f"could not create a new run folder in {directory}")
+
+
+def run_dir_of(path: str | os.PathLike[str]) -> Path | None:
+    """The run folder that holds ``path`` (a checkpoint in it or below it), or None.
+
+    A run folder is recognised by the ``status.txt`` and ``log.txt`` a LocalTracker keeps.
+    """
+    for folder in Path(path).absolute().parents:
+        if (folder / "status.txt").is_file() and (folder / "log.txt").is_file():
+            return folder
+    return None
 
 
 def _yaml_safe(value: Any) -> Any:
@@ -145,6 +156,7 @@ class LocalTracker(Tracker):
     """
 
     run_dir: Path
+    status_path: Path
 
     def __init__(
         self,
@@ -170,7 +182,8 @@ class LocalTracker(Tracker):
         self.image_dir.mkdir(exist_ok=True)
         self._hparams: dict[str, Any] = {}
         self._metrics_file: IO[str] | None = None
-        (self.run_dir / "status.txt").write_text("running\n", encoding="utf-8")
+        self.status_path = self.run_dir / "status.txt"
+        self.status_path.write_text("running\n", encoding="utf-8")
 
         self._handler: logging.Handler | None = logging.FileHandler(
             self.run_dir / "log.txt", mode="a", encoding="utf-8"
@@ -214,6 +227,23 @@ class LocalTracker(Tracker):
         self._metrics_file.write(json.dumps(record) + "\n")
         self._metrics_file.flush()
 
+    def resume_at(self, step: int) -> None:
+        """Drop the ``metrics.jsonl`` rows after ``step``: the resumed run writes its own from
+        there, so each step is recorded once (rows that are not JSON are kept)."""
+        if not self.metrics_path.exists():
+            return
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if not _after(line, step)]
+        if len(kept) == len(lines):
+            return
+        temporary = self.metrics_path.with_suffix(".jsonl.tmp")
+        temporary.write_text("".join(kept), encoding="utf-8")
+        os.replace(temporary, self.metrics_path)
+        log.info("metrics.jsonl: %d row(s) after step %d dropped (the run resumes there)", len(lines) - len(kept), step)
+
     def log_image(self, tag: str, image: Any, step: int) -> Path:
         """Save ``image`` as ``images/<tag>/<step>.png``; slashes in ``tag`` make folders."""
         from PIL import Image
@@ -249,8 +279,9 @@ class LocalTracker(Tracker):
     # -- end -----------------------------------------------------------------------------
 
     def _finalize(self, status: str) -> None:
-        (self.run_dir / "status.txt").write_text(status + "\n", encoding="utf-8")
-        log.info("Run finished: %s", status)
+        lines = [status, *self.problems]  # the final status first, then the tracking problems
+        self.status_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        log.info("Run finished: %s%s", status, " (with tracker problems, see status.txt)" if self.problems else "")
         if self._metrics_file is not None:
             self._metrics_file.close()
             self._metrics_file = None
@@ -262,3 +293,11 @@ class LocalTracker(Tracker):
 
     def __repr__(self) -> str:
         return f"LocalTracker(run_dir={str(self.run_dir)!r}, status={self.status!r})"
+
+
+def _after(line: str, step: int) -> bool:
+    """Whether a metrics.jsonl line is a record of a step after ``step``."""
+    try:
+        return int(json.loads(line)["step"]) > step
+    except (ValueError, KeyError, TypeError):
+        return False

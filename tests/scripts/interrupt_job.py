@@ -10,7 +10,9 @@ Job keys: ``out`` (folder; also the callback's save_dir), ``workers`` (num_worke
 ``augment`` (random noise added in ``__getitem__``), ``ema`` (add EMACallback),
 ``kill`` ([epoch, batch] or null), ``signal`` ("SIGINT" / "SIGTERM"), ``times`` (signals
 sent at that point), ``resume`` (checkpoint path or null), ``stage`` ("fit", or "test" /
-"predict" to be interrupted there instead).
+"predict" to be interrupted there instead), ``accumulate``
+(accumulate_grad_batches), ``runs`` (a folder: use the local tracker there
+instead of none).
 
 The module also serves ``busloop train`` configs (with ``tests/scripts`` on PYTHONPATH):
 ``interrupt_job:build_model``, ``interrupt_job:build_loaders`` and the callbacks
@@ -157,10 +159,16 @@ def run_job(job: dict[str, Any]) -> None:
     config = {
         "optimizer": {"name": "SGD", "params": {"lr": 0.05, "momentum": 0.9}},
         "scheduler": {"name": "StepLR", "params": {"step_size": 1, "gamma": 0.7}, "interval": "epoch"},
-        "trainer": {"epochs": 3, "seed": 7, "num_sanity_val_steps": 1, "accelerator": "cpu"},
+        "trainer": {
+            "epochs": 3, "seed": 7, "num_sanity_val_steps": 1, "accelerator": "cpu",
+            "accumulate_grad_batches": job.get("accumulate", 1),
+        },
     }
     loaders = build_loaders(num_workers=job.get("workers", 0), augment=job.get("augment", False))
-    rt = Runtime(build_model(seed=3), callbacks, config, loss=F.cross_entropy, tracker=NullTracker())
+    tracker = None if job.get("runs") else NullTracker()
+    if job.get("runs"):  # a run folder (status.txt, log.txt) from the local tracker
+        config["tracker"] = {"save_directory": job["runs"], "run_name": "job"}
+    rt = Runtime(build_model(seed=3), callbacks, config, loss=F.cross_entropy, tracker=tracker)
     if stage == "test":
         rt.test(loaders["test"])
     elif stage == "predict":
