@@ -64,12 +64,12 @@ class SwapTrainer:
         from compat import Trainer
 
         for name in _TRAINER_MODULES:
-            importlib.import_module(name).Trainer = Trainer
+            setattr(importlib.import_module(name), "Trainer", Trainer)  # noqa: B010
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         path = report.nodeid.split("::")[0]
         if report.when == "call" or (report.when == "setup" and not report.passed):
-            outcome = "skipped" if report.skipped else report.outcome
+            outcome: str = "skipped" if report.skipped else report.outcome
             if report.when == "setup" and report.failed:
                 outcome = "error"
             self.outcomes[path][outcome] += 1

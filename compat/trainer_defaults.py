@@ -21,7 +21,18 @@ from runtime.errors import ConfigError
 if TYPE_CHECKING:
     from compat.trainer_args import TrainerArgs
 
-__all__ = ["callback_role", "default_callbacks", "run_callbacks"]
+__all__ = ["callback_role", "default_callbacks", "misconfiguration", "run_callbacks"]
+
+
+def misconfiguration(message: str) -> ConfigError:
+    """A ConfigError that is also Lightning's ``MisconfigurationException`` when Lightning is
+    imported, so code that catches Lightning's error still does."""
+    exceptions = sys.modules.get("lightning.fabric.utilities.exceptions")
+    lightning_error = getattr(exceptions, "MisconfigurationException", None)
+    if lightning_error is None:
+        return ConfigError(message)
+    cls = type("MisconfigurationError", (ConfigError, lightning_error), {"__module__": __name__})
+    return cls(message)  # type: ignore[no-any-return]
 
 
 def _names(obj: object) -> set[str]:
@@ -63,7 +74,7 @@ def default_callbacks(args: TrainerArgs) -> list[Any]:
     rich = importlib.util.find_spec("rich") is not None
     checkpoints = [c for c in callbacks if callback_role(c) == "checkpoint"]
     if checkpoints and not args.enable_checkpointing:
-        raise ConfigError(
+        raise misconfiguration(
             f"Trainer(enable_checkpointing=False): the callbacks hold {type(checkpoints[0]).__name__}"
         )
     if args.enable_checkpointing and not checkpoints:
@@ -82,9 +93,9 @@ def default_callbacks(args: TrainerArgs) -> list[Any]:
             callbacks.append(Timer(duration=args.max_time, interval="step"))
     bars = _has(callbacks, "ProgressBar")
     if len(bars) > 1:
-        raise ConfigError(f"Trainer(callbacks=...): {len(bars)} progress bars; Lightning allows one")
+        raise misconfiguration(f"Trainer(callbacks=...): {len(bars)} progress bars; Lightning allows one")
     if bars and not args.enable_progress_bar:
-        raise ConfigError(f"Trainer(enable_progress_bar=False): the callbacks hold {type(bars[0]).__name__}")
+        raise misconfiguration(f"Trainer(enable_progress_bar=False): the callbacks hold {type(bars[0]).__name__}")
     if args.enable_progress_bar and not bars and stock is not None:
         callbacks.append(stock.RichProgressBar() if rich else stock.TQDMProgressBar())
     if args.enable_model_summary and not _has(callbacks, "ModelSummary", "RichModelSummary"):

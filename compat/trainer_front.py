@@ -34,7 +34,7 @@ from compat.trainer_args import parse_trainer_args
 from compat.trainer_data import ModuleData, module_data, without_validation
 from compat.trainer_defaults import callback_role, default_callbacks, run_callbacks
 from compat.trainer_loggers import FolderLogger, is_lightning_logger, next_version, open_tracker
-from compat.trainer_views import TrainerState
+from compat.trainer_run import FrontRuntime, FrontState, WriteThrough, one_loader
 from runtime.errors import ConfigError
 from runtime.loop import Runtime
 from runtime.tracking import NullTracker, Tracker
@@ -42,65 +42,6 @@ from runtime.tracking import NullTracker, Tracker
 log = logging.getLogger("busloop")
 
 __all__ = ["Trainer"]
-
-
-class _FrontState(TrainerState):
-    """``trainer.state`` with Lightning's lifetime: ``fn`` and ``status`` outlive the call."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        super().__init__(trainer._rt)
-        self._trainer = trainer
-
-    @property
-    def fn(self) -> str | None:
-        return super().fn or self._trainer._last_fn
-
-    @property
-    def status(self) -> str:
-        return self._trainer._status
-
-    @property
-    def finished(self) -> bool:
-        return self._trainer._status == "finished"
-
-    @property
-    def stopped(self) -> bool:
-        return self._trainer._status in ("finished", "interrupted")
-
-
-class _FrontRuntime(Runtime):
-    """The Runtime of one front call: Lightning's ``min_epochs`` / ``min_steps`` hold a stop
-    request back until they are met (the stop then happens at that epoch's end)."""
-
-    front: Trainer
-
-    def request_stop(self, reason: str) -> None:
-        front, st = self.front, self.state
-        early = (front._min_epochs and st.epoch + 1 < front._min_epochs) or (
-            front._min_steps and st.global_step < front._min_steps
-        )
-        if early and st.stage == "fit" and not st.interrupted:
-            front._pending_stop = front._pending_stop or reason
-            return
-        super().request_stop(reason)
-
-    def _finish_epoch(self, *, resumed_after_epoch_end: bool = False) -> None:
-        super()._finish_epoch(resumed_after_epoch_end=resumed_after_epoch_end)
-        front = self.front
-        if front._pending_stop is not None:
-            reason, front._pending_stop = front._pending_stop, None
-            self.request_stop(reason)
-
-
-def _one_loader(loaders: Any, argument: str) -> Any:
-    """A loader, a datamodule or None; a list or tuple of one loader is that loader."""
-    if isinstance(loaders, list | tuple):
-        if len(loaders) != 1:
-            raise ConfigError(f"{argument}: busloop runs one loader per stage, got {len(loaders)}")
-        return loaders[0]
-    if isinstance(loaders, dict):
-        raise ConfigError(f"{argument}: busloop runs one loader per stage, got a dict of loaders")
-    return loaders
 
 
 class Trainer(TrainerFacade):
@@ -164,20 +105,22 @@ class Trainer(TrainerFacade):
         self._last_fn: str | None = None
         self._status = "initializing"
         self._bind(self._runtime_for(nn.Module()))
-        self.fast_dev_run = args.fast_dev_run
+        self.fast_dev_run = args.fast_dev_run  # type: ignore[assignment]  # int or bool, as Lightning
 
     def __repr__(self) -> str:
         return f"Trainer(busloop, fn={self.state.fn!r}, status={self._status!r})"
 
     # ------------------------------------------------------------------ runtime per call
-    def _runtime_for(self, model: nn.Module, callbacks: list[Any] | None = None) -> _FrontRuntime:
+    def _runtime_for(self, model: nn.Module, callbacks: list[Any] | None = None) -> FrontRuntime:
         """A Runtime for ``model`` with this front's config, callbacks and tracker, continuing
         the loop position of the previous call."""
         previous = getattr(self, "_rt", None)
-        rt = _FrontRuntime(model, callbacks or [], self._args.config, tracker=self._tracker or NullTracker())
+        rt = FrontRuntime(model, callbacks or [], self._args.config, tracker=self._tracker or NullTracker())
         rt.front = self
         rt.__dict__["_compat_trainer"] = self  # compat.adapter.facade_for: this object is the trainer
         rt.state.max_epochs, rt.state.max_steps = self._args.max_epochs, self._args.max_steps
+        if self._min_epochs or self._min_steps:
+            rt.bus.connect("train_batch_end", rt.release_stop)
         if previous is not None:
             rt.state.epoch, rt.state.global_step = previous.state.epoch, previous.state.global_step
         return rt
@@ -187,7 +130,7 @@ class Trainer(TrainerFacade):
         kept = {k: self.__dict__[k] for k in ("fast_dev_run",) if k in self.__dict__}
         TrainerFacade.__init__(self, rt)
         self.__dict__.update(kept)
-        self.state = _FrontState(self)
+        self.state = FrontState(self)
 
     @contextlib.contextmanager
     def _call(self, fn: str, model: nn.Module | None) -> Iterator[Runtime]:
@@ -278,8 +221,8 @@ class Trainer(TrainerFacade):
         if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
             raise ConfigError("Trainer.fit: give dataloaders or a datamodule, not both")
         path = self._checkpoint_path(ckpt_path, "fit")
-        train = _one_loader(train_dataloaders, "train_dataloaders")
-        val = None if without_validation(model) else _one_loader(val_dataloaders, "val_dataloaders")
+        train = one_loader(train_dataloaders, "train_dataloaders")
+        val = None if without_validation(model) else one_loader(val_dataloaders, "val_dataloaders")
         if train is None and datamodule is None:
             datamodule = module_data(model, "fit")
         with self._call("fit", model) as rt:
@@ -293,7 +236,7 @@ class Trainer(TrainerFacade):
 
         def run(rt: Runtime) -> Any:
             self._load_weights(rt, path)
-            loader, dm = _one_loader(loaders, "dataloaders"), datamodule
+            loader, dm = one_loader(loaders, "dataloaders"), datamodule
             if loader is None and dm is None:
                 dm = module_data(rt.model, fn)
             return getattr(rt, fn)(loader, datamodule=dm)
@@ -416,10 +359,35 @@ class Trainer(TrainerFacade):
         return self._args.default_root_dir
 
     @property
-    def log_dir(self) -> str | None:
+    def log_dir(self) -> str:
         """The logger's folder (Lightning's ``trainer.log_dir``), else ``default_root_dir``."""
         run_dir = self._run_dir()
         return str(run_dir) if run_dir is not None else self.default_root_dir
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        """Lightning's dict, writable: what user code sets is what callbacks then read."""
+        return WriteThrough(self._rt.state.metrics, super().callback_metrics)
+
+    @property
+    def limit_train_batches(self) -> int | float:
+        return self._limit("train")
+
+    @property
+    def limit_val_batches(self) -> int | float:
+        return self._limit("val")
+
+    @property
+    def limit_test_batches(self) -> int | float:
+        return self._limit("test")
+
+    @property
+    def limit_predict_batches(self) -> int | float:
+        return self._limit("predict")
+
+    def _limit(self, split: str) -> int | float:
+        value = getattr(self._args.config.trainer, f"limit_{split}_batches")
+        return 1.0 if value is None else value
 
     @property
     def min_epochs(self) -> int | None:

@@ -21,13 +21,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 
+from lightning.pytorch import Callback  # noqa: E402
+
 from compat import Trainer  # noqa: E402
 from runtime.errors import ConfigError  # noqa: E402
 
-QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+QUIET: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
 
 
-class Regressor(pl.LightningModule):
+class Regressor(pl.LightningModule):  # type: ignore[misc,name-defined]
     """A linear regressor that logs Lightning-style (step and epoch values)."""
 
     def __init__(self, lr: float = 0.05) -> None:
@@ -123,7 +125,7 @@ def test_ckpt_path_best_and_last_match_lightning(tmp_path: Path) -> None:
     for name, cls in (("lightning", pl.Trainer), ("busloop", Trainer)):
         root = tmp_path / name
 
-        def checkpoint() -> Any:
+        def checkpoint(root: Path = root) -> Any:
             return pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", monitor="val_loss", save_last=True)
 
         model = _model()
@@ -206,7 +208,7 @@ def test_default_callbacks_are_lightnings(tmp_path: Path, kwargs: dict[str, Any]
 def test_callbacks_and_module_see_this_very_trainer(tmp_path: Path) -> None:
     seen: list[Any] = []
 
-    class Spy(pl.Callback):
+    class Spy(Callback):
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             seen.append((trainer, pl_module.trainer, trainer.state.stage))
 

@@ -1,0 +1,111 @@
+"""The run-side parts of :class:`compat.Trainer`: the Runtime subclass one call runs on (with
+Lightning's ``min_epochs`` / ``min_steps`` and resume checks), ``trainer.state`` with Lightning's
+lifetime, the writable ``callback_metrics`` dict and the one-loader-per-stage rule.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from compat.trainer_defaults import misconfiguration
+from compat.trainer_views import TrainerState
+from runtime.errors import ConfigError
+from runtime.loop import Runtime
+
+if TYPE_CHECKING:
+    from compat.trainer_front import Trainer
+
+__all__ = ["FrontRuntime", "FrontState", "WriteThrough", "one_loader"]
+
+
+class FrontState(TrainerState):
+    """``trainer.state`` with Lightning's lifetime: ``fn`` and ``status`` outlive the call."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__(trainer._rt)
+        self._trainer = trainer
+
+    @property
+    def fn(self) -> str | None:
+        return super().fn or self._trainer._last_fn
+
+    @property
+    def status(self) -> str:
+        return self._trainer._status
+
+    @property
+    def finished(self) -> bool:
+        return self._trainer._status == "finished"
+
+    @property
+    def stopped(self) -> bool:
+        return self._trainer._status in ("finished", "interrupted")
+
+
+class FrontRuntime(Runtime):
+    """The Runtime of one front call, with two Lightning rules the plain Runtime does not have:
+
+    - ``min_epochs`` / ``min_steps`` hold a stop request back until both are met (checked after
+      every training batch and at every epoch end), as Lightning's loops do;
+    - resuming a checkpoint past ``max_epochs`` is an error.
+    """
+
+    front: Trainer
+
+    def can_stop(self) -> bool:
+        front, st = self.front, self.state
+        return (not front._min_epochs or st.epoch >= front._min_epochs) and (
+            not front._min_steps or st.global_step >= front._min_steps
+        )
+
+    def request_stop(self, reason: str) -> None:
+        st = self.state
+        if st.stage == "fit" and not st.interrupted and not self.can_stop():
+            self.front._pending_stop = self.front._pending_stop or reason
+            return
+        super().request_stop(reason)
+
+    def release_stop(self, *_: Any, **__: Any) -> None:
+        """Turn a held stop request into a stop once the minimums are met."""
+        front = self.front
+        if front._pending_stop is not None and self.can_stop():
+            reason, front._pending_stop = front._pending_stop, None
+            super().request_stop(reason)
+
+    def _finish_epoch(self, *, resumed_after_epoch_end: bool = False) -> None:
+        super()._finish_epoch(resumed_after_epoch_end=resumed_after_epoch_end)
+        self.release_stop()
+
+    def _restore(self, path: str | os.PathLike[str]) -> None:
+        super()._restore(path)
+        st, resume = self.state, self._resume
+        epoch = st.epoch + (1 if resume is not None and resume.epoch_done else 0)
+        if epoch > st.max_epochs:
+            raise misconfiguration(
+                f"You restored a checkpoint with current_epoch={epoch}, but you have set "
+                f"Trainer(max_epochs={st.max_epochs})"
+            )
+
+
+class WriteThrough(dict):  # type: ignore[type-arg]
+    """``trainer.callback_metrics``: a dict whose writes land in the run's metrics."""
+
+    def __init__(self, target: dict[str, Any], values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self._target = target
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._target[key] = value
+
+
+def one_loader(loaders: Any, argument: str) -> Any:
+    """A loader, a datamodule or None; a list or tuple of one loader is that loader."""
+    if isinstance(loaders, list | tuple):
+        if len(loaders) != 1:
+            raise ConfigError(f"{argument}: busloop runs one loader per stage, got {len(loaders)}")
+        return loaders[0]
+    if isinstance(loaders, dict):
+        raise ConfigError(f"{argument}: busloop runs one loader per stage, got a dict of loaders")
+    return loaders
