@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from runtime.errors import ConfigError
 
 if TYPE_CHECKING:
     from compat.trainer_args import TrainerArgs
+
+log = logging.getLogger("busloop")
 
 __all__ = ["callback_role", "default_callbacks", "misconfiguration", "run_callbacks"]
 
@@ -84,7 +87,9 @@ def default_callbacks(args: TrainerArgs) -> list[Any]:
             from compat.model_checkpoint import ModelCheckpoint
 
             callbacks.append(ModelCheckpoint())
-    if args.max_time is not None and not _has(callbacks, "Timer"):
+    if args.max_time is not None and _has(callbacks, "Timer"):
+        log.warning("Ignoring Trainer(max_time=...): the callbacks list already contains a Timer")
+    elif args.max_time is not None:
         if stock is not None:
             callbacks.append(stock.Timer(duration=args.max_time, interval="step"))
         else:

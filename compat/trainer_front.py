@@ -35,6 +35,7 @@ from compat.trainer_data import ModuleData, module_data, without_validation
 from compat.trainer_defaults import callback_role, default_callbacks, run_callbacks
 from compat.trainer_loggers import FolderLogger, is_lightning_logger, next_version, open_tracker
 from compat.trainer_run import FrontRuntime, FrontState, WriteThrough, one_loader
+from runtime.bus import CallbackError
 from runtime.errors import ConfigError
 from runtime.loop import Runtime
 from runtime.tracking import NullTracker, Tracker
@@ -153,6 +154,9 @@ class Trainer(TrainerFacade):
         except KeyboardInterrupt:
             status = "interrupted"
             raise
+        except CallbackError as exc:  # Lightning's trainer raises a hook's own error
+            exc.original.add_note(f"busloop: raised by {exc.callback} in event '{exc.event}'")
+            raise exc.original from None
         finally:
             self._status = "finished" if status == "success" else "interrupted"
             if owned:

@@ -99,6 +99,10 @@ class WriteThrough(dict):  # type: ignore[type-arg]
         super().__setitem__(key, value)
         self._target[key] = value
 
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
 
 def one_loader(loaders: Any, argument: str) -> Any:
     """A loader, a datamodule or None; a list or tuple of one loader is that loader."""

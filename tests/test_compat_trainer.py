@@ -266,3 +266,15 @@ def test_lightning_suite_runner_counts_one_file(tmp_path: Path) -> None:
     assert report["trainer"] == "compat.Trainer"
     counts = report["files"]["tests_pytorch/callbacks/test_lambda_function.py"]["counts"]
     assert sum(counts.values()) >= 1
+
+
+def test_a_hook_error_reaches_the_caller_as_itself(tmp_path: Path) -> None:
+    class Failing(Callback):
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            raise KeyError("from the hook")
+
+    for cls in (pl.Trainer, Trainer):
+        trainer = cls(max_epochs=1, default_root_dir=tmp_path, callbacks=[Failing()], **QUIET)
+        with pytest.raises(KeyError, match="from the hook"):
+            trainer.fit(_model(), _loader(1), _loader(2))
+        assert trainer.state.status == "interrupted" and trainer.interrupted
