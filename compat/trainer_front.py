@@ -30,7 +30,7 @@ from torch import nn
 
 from compat.adapter import unwrap
 from compat.trainer import TrainerFacade
-from compat.trainer_args import parse_trainer_args
+from compat.trainer_args import UNBOUNDED_EPOCHS, parse_trainer_args
 from compat.trainer_data import ModuleData, module_data, without_validation
 from compat.trainer_defaults import callback_role, default_callbacks, run_callbacks
 from compat.trainer_loggers import FolderLogger, is_lightning_logger, next_version, open_tracker
@@ -400,6 +400,12 @@ class Trainer(TrainerFacade):
     @property
     def min_steps(self) -> int | None:
         return self._min_steps
+
+    @property
+    def max_epochs(self) -> int:
+        """As Lightning: -1 when no epoch count bounds the run."""
+        max_epochs = self._rt.state.max_epochs
+        return -1 if max_epochs >= UNBOUNDED_EPOCHS else max_epochs
 
     @property
     def max_steps(self) -> int:
