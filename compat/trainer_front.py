@@ -402,6 +402,11 @@ class Trainer(TrainerFacade):
         return self._min_steps
 
     @property
+    def enable_validation(self) -> bool:
+        """Whether this fit validates (a validation loader with batches to run)."""
+        return self._rt.val_loader is not None and self._rt.state.num_val_batches > 0
+
+    @property
     def max_epochs(self) -> int:
         """As Lightning: -1 when no epoch count bounds the run."""
         max_epochs = self._rt.state.max_epochs
