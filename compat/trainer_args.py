@@ -59,6 +59,8 @@ class TrainerArgs:
     min_steps: int | None
     max_time: Any
     fast_dev_run: int | bool
+    overfit_batches: int | float
+    """> 0: the training loader is read in order (no shuffling), as Lightning does."""
     detect_anomaly: bool
     inference_mode: bool
     enable_autolog_hparams: bool
@@ -110,7 +112,6 @@ def _fast_dev_run(value: Any) -> int:
 def _check_unsupported(kw: Mapping[str, Any]) -> None:
     """Refuse, in one line each, the arguments busloop has no counterpart for."""
     fixed: dict[str, tuple[Any, str]] = {
-        "overfit_batches": (0, "busloop has no overfit mode; limit the batches and reuse the train loader"),
         "use_distributed_sampler": (True, "busloop always shards with DistributedSampler under torchrun"),
         "profiler": (None, "busloop has no profiler integration; wrap the call in torch.profiler"),
         "plugins": (None, "busloop has no Lightning plugins"),
@@ -178,6 +179,11 @@ def parse_trainer_args(kw: dict[str, Any]) -> TrainerArgs:
     for split in ("train", "val", "test", "predict"):
         limit = kw[f"limit_{split}_batches"]
         trainer[f"limit_{split}_batches"] = None if limit is None or limit == 1.0 else limit
+    overfit = kw["overfit_batches"]
+    if isinstance(overfit, bool) or not isinstance(overfit, int | float) or overfit < 0:
+        raise _refuse("overfit_batches", overfit, "expected a batch count or an epoch fraction >= 0")
+    if overfit > 0:  # Lightning 2.6: the same first batches every epoch, train and val
+        trainer.update(limit_train_batches=overfit, limit_val_batches=overfit)
     if fast:  # Lightning's fast_dev_run: n batches of each, one epoch, no sanity check
         trainer.update(epochs=1, max_steps=fast, num_sanity_val_steps=0, val_check_interval=1.0)
         trainer.update({f"limit_{s}_batches": fast for s in ("train", "val", "test", "predict")})
@@ -204,6 +210,7 @@ def parse_trainer_args(kw: dict[str, Any]) -> TrainerArgs:
         min_steps=kw["min_steps"],
         max_time=kw["max_time"],
         fast_dev_run=kw["fast_dev_run"] if isinstance(kw["fast_dev_run"], bool) else fast,
+        overfit_batches=overfit,
         detect_anomaly=bool(kw["detect_anomaly"]),
         inference_mode=bool(kw["inference_mode"]),
         enable_autolog_hparams=bool(kw["enable_autolog_hparams"]),

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compat import trainer_loggers as loggers_
 from compat.adapter import unwrap
 from compat.trainer import TrainerFacade
 from compat.trainer_args import UNBOUNDED_EPOCHS, parse_trainer_args
@@ -230,7 +231,8 @@ class Trainer(TrainerFacade):
         if train is None and datamodule is None:
             datamodule = module_data(model, "fit")
         with self._call("fit", model) as rt:
-            self._log_hparams(rt, datamodule)
+            if self._args.enable_autolog_hparams:
+                loggers_.log_hparams(rt.tracker, rt.model, datamodule)
             rt.fit(train, val, ckpt_path=path, datamodule=datamodule)
 
     def _evaluate(
@@ -289,18 +291,6 @@ class Trainer(TrainerFacade):
         with self._call("predict", model) as rt:
             predictions = run(rt)
         return None if return_predictions is False else list(predictions)
-
-    def _log_hparams(self, rt: Runtime, datamodule: Any) -> None:
-        """Lightning's ``enable_autolog_hparams``: the module's (and datamodule's) hparams."""
-        if not self._args.enable_autolog_hparams or rt.tracker is None:
-            return
-        params: dict[str, Any] = {}
-        for owner in (rt.model, datamodule):
-            hparams = getattr(owner, "hparams", None)
-            if hparams:
-                params.update(dict(hparams))
-        if params:
-            rt.tracker.log_hyperparams(params)
 
     # ------------------------------------------------------------------ what lives on the front
     def _run_dir(self) -> Path | None:
@@ -400,6 +390,10 @@ class Trainer(TrainerFacade):
     @property
     def min_steps(self) -> int | None:
         return self._min_steps
+
+    @property
+    def overfit_batches(self) -> int | float:
+        return self._args.overfit_batches
 
     @property
     def enable_validation(self) -> bool:

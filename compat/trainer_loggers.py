@@ -25,7 +25,7 @@ from typing import Any
 from compat.trainer_parts import TrackerLogger
 from runtime.tracking import LocalTracker, NullTracker, Tracker
 
-__all__ = ["FolderLogger", "LightningLoggerTracker", "is_lightning_logger", "next_version"]
+__all__ = ["FolderLogger", "LightningLoggerTracker", "is_lightning_logger", "log_hparams", "next_version", "open_tracker"]
 
 
 def is_lightning_logger(obj: object) -> bool:
@@ -154,3 +154,14 @@ def _multi(trackers: list[Tracker]) -> Tracker:
     from runtime.tracking import MultiTracker
 
     return MultiTracker(trackers)
+
+
+def log_hparams(tracker: Tracker | None, model: Any, datamodule: Any) -> None:
+    """Lightning's ``enable_autolog_hparams``: the module's and the datamodule's ``hparams``."""
+    params: dict[str, Any] = {}
+    for owner in (model, datamodule):
+        hparams = getattr(owner, "hparams", None)
+        if hparams:
+            params.update(dict(hparams))
+    if params and tracker is not None:
+        tracker.log_hyperparams(params)

@@ -6,6 +6,7 @@ lifetime, the writable ``callback_metrics`` dict and the one-loader-per-stage ru
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from compat.trainer_defaults import misconfiguration
@@ -16,7 +17,7 @@ from runtime.loop import Runtime
 if TYPE_CHECKING:
     from compat.trainer_front import Trainer
 
-__all__ = ["FrontRuntime", "FrontState", "WriteThrough", "one_loader"]
+__all__ = ["FrontRuntime", "FrontState", "WriteThrough", "in_order", "one_loader"]
 
 
 class FrontState(TrainerState):
@@ -73,6 +74,11 @@ class FrontRuntime(Runtime):
             reason, front._pending_stop = front._pending_stop, None
             super().request_stop(reason)
 
+    def _use_fit_loaders(self, train_loader: Iterable[Any] | None, val_loader: Iterable[Any] | None) -> None:
+        if self.front._args.overfit_batches > 0 and train_loader is not None:
+            train_loader = in_order(train_loader)
+        super()._use_fit_loaders(train_loader, val_loader)
+
     def _finish_epoch(self, *, resumed_after_epoch_end: bool = False) -> None:
         super()._finish_epoch(resumed_after_epoch_end=resumed_after_epoch_end)
         self.release_stop()
@@ -86,6 +92,21 @@ class FrontRuntime(Runtime):
                 f"You restored a checkpoint with current_epoch={epoch}, but you have set "
                 f"Trainer(max_epochs={st.max_epochs})"
             )
+
+
+def in_order(loader: Any) -> Any:
+    """A shuffling ``DataLoader`` rebuilt to read its dataset in order (``overfit_batches``);
+    any other loader as it is."""
+    from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+    if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, RandomSampler):
+        return loader
+    return DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=SequentialSampler(loader.dataset),  # type: ignore[arg-type]
+        num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+        persistent_workers=loader.persistent_workers,
+    )  # fmt: skip
 
 
 class WriteThrough(dict):  # type: ignore[type-arg]

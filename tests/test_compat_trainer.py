@@ -142,6 +142,18 @@ def test_ckpt_path_best_and_last_match_lightning(tmp_path: Path) -> None:
     assert torch.allclose(results["busloop"][3], results["lightning"][3], atol=1e-6, rtol=0)
 
 
+def test_overfit_batches_reads_the_first_batches_in_order_as_lightning(tmp_path: Path) -> None:
+    weights = []
+    for cls in (pl.Trainer, Trainer):
+        model = _model()
+        shuffled = DataLoader(_loader(1).dataset, batch_size=8, shuffle=True)
+        trainer = cls(max_epochs=3, default_root_dir=tmp_path, overfit_batches=2, **QUIET)
+        trainer.fit(model, shuffled, _loader(2))
+        assert trainer.global_step == 6
+        weights.append(_weights(model))
+    assert torch.allclose(weights[0], weights[1], atol=1e-6, rtol=0)
+
+
 def test_resume_from_last_continues_an_uninterrupted_run(tmp_path: Path) -> None:
     straight = _model()
     Trainer(max_epochs=3, default_root_dir=tmp_path / "a", **QUIET).fit(straight, _loader(1), _loader(2))
@@ -161,7 +173,7 @@ def test_resume_from_last_continues_an_uninterrupted_run(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("argument", "value"),
     [
-        ("overfit_batches", 0.1),
+        ("overfit_batches", -1),
         ("profiler", "simple"),
         ("devices", 2),
         ("strategy", "fsdp"),
