@@ -143,12 +143,12 @@ class Trainer(TrainerFacade):
                 raise ConfigError(f"Trainer.{fn}: give a model (no earlier call passed one)")
         self._model = model
         self._tracker, owned = open_tracker(self._logger_arg, self._run_dir() if self._logger_arg is True else None)
-        rt = self._runtime_for(model, run_callbacks(self._callbacks, model))
-        self._bind(rt)
         self._last_fn, self._status, self._pending_stop = fn, "running", None
         status = "failed"
         anomaly = torch.autograd.set_detect_anomaly(True) if self._args.detect_anomaly else contextlib.nullcontext()
-        try:
+        try:  # a refused callback (at Runtime construction) still closes the tracker
+            rt = self._runtime_for(model, run_callbacks(self._callbacks, model))
+            self._bind(rt)
             with anomaly:
                 yield rt
             status = "success"

@@ -154,6 +154,23 @@ def test_overfit_batches_reads_the_first_batches_in_order_as_lightning(tmp_path:
     assert torch.allclose(weights[0], weights[1], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize(("min_epochs", "min_steps"), [(None, None), (4, None), (1, 10)])
+def test_min_epochs_and_min_steps_hold_early_stopping_as_lightning(
+    tmp_path: Path, min_epochs: int | None, min_steps: int | None
+) -> None:
+    seen = []
+    for cls in (pl.Trainer, Trainer):
+        stopping = pl.callbacks.EarlyStopping("val_loss", patience=0, min_delta=100.0)
+        trainer = cls(
+            max_epochs=8, min_epochs=min_epochs, min_steps=min_steps, limit_train_batches=3, limit_val_batches=1,
+            default_root_dir=tmp_path, callbacks=[stopping], **QUIET,
+        )  # fmt: skip
+        trainer.fit(_model(), _loader(1), _loader(2))
+        seen.append((trainer.current_epoch, trainer.global_step, trainer.should_stop, stopping.stopped_epoch))
+    assert seen[1] == seen[0]
+    assert seen[0][0] < 8
+
+
 def test_resume_from_last_continues_an_uninterrupted_run(tmp_path: Path) -> None:
     straight = _model()
     Trainer(max_epochs=3, default_root_dir=tmp_path / "a", **QUIET).fit(straight, _loader(1), _loader(2))
