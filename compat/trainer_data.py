@@ -23,7 +23,7 @@ def overrides(model: object, name: str) -> bool:
     from compat.module import lightning_base_classes
 
     method = getattr(type(model), name, None)
-    if method is None:
+    if method is None or getattr(model, name, None) is None:  # ``model.val_dataloader = None``
         return False
     bases = lightning_base_classes(model) or ()
     return all(getattr(base, name, None) is not method for base in bases)

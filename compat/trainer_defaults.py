@@ -78,7 +78,8 @@ def default_callbacks(args: TrainerArgs) -> list[Any]:
     checkpoints = [c for c in callbacks if callback_role(c) == "checkpoint"]
     if checkpoints and not args.enable_checkpointing:
         raise misconfiguration(
-            f"Trainer(enable_checkpointing=False): the callbacks hold {type(checkpoints[0]).__name__}"
+            "Trainer was configured with `enable_checkpointing=False` but found "
+            f"`{type(checkpoints[0]).__name__}` in callbacks list"
         )
     if args.enable_checkpointing and not checkpoints:
         if stock is not None:
@@ -100,7 +101,10 @@ def default_callbacks(args: TrainerArgs) -> list[Any]:
     if len(bars) > 1:
         raise misconfiguration(f"Trainer(callbacks=...): {len(bars)} progress bars; Lightning allows one")
     if bars and not args.enable_progress_bar:
-        raise misconfiguration(f"Trainer(enable_progress_bar=False): the callbacks hold {type(bars[0]).__name__}")
+        raise misconfiguration(
+            f"Trainer was configured with `enable_progress_bar=False` but found `{type(bars[0]).__name__}` "
+            "in callbacks list"
+        )
     if args.enable_progress_bar and not bars and stock is not None:
         callbacks.append(stock.RichProgressBar() if rich else stock.TQDMProgressBar())
     if args.enable_model_summary and not _has(callbacks, "ModelSummary", "RichModelSummary"):
