@@ -31,11 +31,11 @@ from torch import nn
 from compat import trainer_loggers as loggers_
 from compat.adapter import unwrap
 from compat.trainer import TrainerFacade
-from compat.trainer_args import UNBOUNDED_EPOCHS, parse_trainer_args
+from compat.trainer_args import parse_trainer_args
 from compat.trainer_data import ModuleData, module_data, without_validation
 from compat.trainer_defaults import callback_role, default_callbacks, run_callbacks
 from compat.trainer_loggers import FolderLogger, is_lightning_logger, next_version, open_tracker
-from compat.trainer_run import FrontRuntime, FrontState, WriteThrough, one_loader
+from compat.trainer_run import FrontFitLoop, FrontRuntime, FrontState, WriteThrough, one_loader
 from runtime.bus import CallbackError
 from runtime.errors import ConfigError
 from runtime.loop import Runtime
@@ -133,6 +133,7 @@ class Trainer(TrainerFacade):
         TrainerFacade.__init__(self, rt)
         self.__dict__.update(kept)
         self.state = FrontState(self)
+        self.fit_loop = FrontFitLoop(self)
 
     @contextlib.contextmanager
     def _call(self, fn: str, model: nn.Module | None) -> Iterator[Runtime]:
@@ -403,8 +404,7 @@ class Trainer(TrainerFacade):
     @property
     def max_epochs(self) -> int:
         """As Lightning: -1 when no epoch count bounds the run."""
-        max_epochs = self._rt.state.max_epochs
-        return -1 if max_epochs >= UNBOUNDED_EPOCHS else max_epochs
+        return self.fit_loop.max_epochs
 
     @property
     def max_steps(self) -> int:

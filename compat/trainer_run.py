@@ -9,15 +9,16 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from compat.trainer_args import UNBOUNDED_EPOCHS
 from compat.trainer_defaults import misconfiguration
-from compat.trainer_views import TrainerState
+from compat.trainer_views import FitLoop, TrainerState
 from runtime.errors import ConfigError
 from runtime.loop import Runtime
 
 if TYPE_CHECKING:
     from compat.trainer_front import Trainer
 
-__all__ = ["FrontRuntime", "FrontState", "WriteThrough", "in_order", "one_loader"]
+__all__ = ["FrontFitLoop", "FrontRuntime", "FrontState", "WriteThrough", "in_order", "one_loader"]
 
 
 class FrontState(TrainerState):
@@ -42,6 +43,19 @@ class FrontState(TrainerState):
     @property
     def stopped(self) -> bool:
         return self._trainer._status in ("finished", "interrupted")
+
+
+class FrontFitLoop(FitLoop):
+    """``trainer.fit_loop`` with Lightning's -1 for "no epoch limit"."""
+
+    @property
+    def max_epochs(self) -> int:
+        max_epochs = self._rt.state.max_epochs
+        return -1 if max_epochs >= UNBOUNDED_EPOCHS else max_epochs
+
+    @max_epochs.setter
+    def max_epochs(self, value: int) -> None:
+        self._rt.state.max_epochs = UNBOUNDED_EPOCHS if value == -1 else value
 
 
 class FrontRuntime(Runtime):

@@ -307,3 +307,13 @@ def test_a_hook_error_reaches_the_caller_as_itself(tmp_path: Path) -> None:
         with pytest.raises(KeyError, match="from the hook"):
             trainer.fit(_model(), _loader(1), _loader(2))
         assert trainer.state.status == "interrupted" and trainer.interrupted
+
+
+def test_unbounded_epochs_stop_at_max_steps_as_lightning(tmp_path: Path) -> None:
+    seen = []
+    for cls in (pl.Trainer, Trainer):
+        trainer = cls(max_epochs=-1, max_steps=9, default_root_dir=tmp_path, **QUIET)
+        trainer.fit(_model(), _loader(1), _loader(2))
+        seen.append((trainer.max_epochs, trainer.fit_loop.max_epochs, trainer.current_epoch, trainer.global_step))
+    assert seen[1] == seen[0]
+    assert seen[0][:2] == (-1, -1) and seen[0][3] == 9
