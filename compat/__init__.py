@@ -3,6 +3,7 @@ facade and the LightningModule bridge (so a real LightningModule trains under bu
 and busloop re-implementations of the Lightning callbacks people use, registered by name on
 import, working with Lightning absent.
 
+>>> from compat import Trainer  # Lightning's Trainer front over busloop's Runtime
 >>> from compat import EarlyStopping, ModelCheckpoint, LearningRateMonitor, Timer
 """
 
@@ -19,6 +20,7 @@ from compat.rich_model_summary import RichModelSummary
 from compat.swa import StochasticWeightAveraging
 from compat.timer import Timer
 from compat.trainer import TrainerFacade
+from compat.trainer_front import Trainer
 
 __all__ = [
     "DeviceStatsMonitor",
@@ -34,5 +36,6 @@ __all__ = [
     "RichModelSummary",
     "StochasticWeightAveraging",
     "Timer",
+    "Trainer",
     "TrainerFacade",
 ]

@@ -257,7 +257,10 @@ def adapt(callbacks: list[object], runtime: Runtime) -> list[object]:
     for callback in callbacks:
         if is_lightning_callback(callback):
             _check(callback, runtime)
-            own = tuple(sorted(n for n, v in vars(callback).items() if n.startswith("on_") and callable(v)))
+            own = tuple(sorted(
+                n for n, v in vars(callback).items()
+                if (n.startswith("on_") or n in ("setup", "teardown")) and callable(v)
+            ))  # fmt: skip
             cls: Any = type(callback)
             adapted.append(adapter_class(cls, _lightning_base(callback), own)(callback))
         else:

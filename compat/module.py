@@ -94,7 +94,8 @@ class LightningBridge(ModuleBridge):
     def attach(self, runtime: Runtime) -> None:
         """Attach the trainer facade (with Lightning's strategy API), add the callbacks the
         module's ``configure_callbacks`` returns, then connect hooks and route ``self.log``."""
-        self.trainer = TrainerFacade(runtime)
+        front = runtime.__dict__.get("_compat_trainer")  # compat.Trainer: it is the facade itself
+        self.trainer = front if isinstance(front, TrainerFacade) else TrainerFacade(runtime)
         self.trainer.strategy = LightningStrategy(self.trainer, self.package)
         setattr(self.model, "trainer", self.trainer)  # noqa: B010  LightningModule's setter: children too
         if runtime.datamodule is not None and hasattr(runtime.datamodule, "trainer"):

@@ -127,7 +127,11 @@ def _batches_that_stepped(trainer: TrainerFacade) -> int:
     """Lightning's count of stepping batches: it grows after ``on_train_batch_end``, so inside
     that hook (the adapter flags it) a batch that stepped is not counted yet."""
     rt, st = trainer._rt, trainer._rt.state
-    if not getattr(trainer, "_in_train_batch_end", False):
+    in_batch_end = getattr(trainer, "_in_train_batch_end", False)
+    if not rt.automatic_optimization:  # every batch counts once, however many optimizers step
+        done = st.epoch * st.num_training_batches + st.batch_idx
+        return done - 1 if in_batch_end else done
+    if not in_batch_end:
         return st.global_step
     stepped = st.batch_idx % max(1, rt.accumulate_grad_batches) == 0 or st.batch_idx >= st.num_training_batches
     return st.global_step - 1 if stepped else st.global_step
