@@ -64,7 +64,7 @@ def test_a_zero_grad_patched_on_the_class_after_import_is_called(monkeypatch: py
     assert seen == [True] * len(loader)
 
 
-class _Classifier(pl.LightningModule):
+class _Classifier(pl.LightningModule):  # type: ignore[misc,name-defined]
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
