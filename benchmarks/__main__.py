@@ -6,6 +6,7 @@
     python -m benchmarks --markdown         # the overhead table and targets for README
     python -m benchmarks --only dispatch --only scaling
     python -m benchmarks --without lightning   # treat Lightning as not installed
+    python -m benchmarks --workloads        # the real workloads (ResNet-18, DataLoader, digits)
 
 Progress goes to stderr; the tables (or the JSON) to stdout. The exit status is 0, or 1
 with ``--check`` when a target fails.
@@ -103,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
         "machine) or by wall time",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    parser.add_argument(
+        "--workloads", action="store_true",
+        help="run the real workloads instead (ResNet-18, a 2-worker DataLoader, the digits job: "
+        "busloop vs plain vs Lightning vs Ignite, as ratios; several minutes)",
+    )
     return parser
 
 
@@ -207,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
+    if args.workloads:
+        return _run_workloads(args, progress)
     results = run_suite(
         sections,
         preset,
@@ -226,6 +234,27 @@ def main(argv: list[str] | None = None) -> int:
         print_report(results, console)
     failed = any(check["status"] == "FAIL" for check in results["targets"])
     return 1 if args.check and failed else 0
+
+
+def _run_workloads(args: argparse.Namespace, progress: Callable[[str], None]) -> int:
+    """``--workloads``: the real workloads (``--quick``: tiny sizes, a smoke run)."""
+    from benchmarks.workloads import FULL_SIZES, TINY_SIZES, run_workloads, workloads_markdown
+
+    started = time.perf_counter()
+    results = run_workloads(TINY_SIZES if args.quick else FULL_SIZES, without=tuple(args.without), progress=progress)
+    results["meta"] = {
+        "mode": "quick" if args.quick else "full",
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "versions": _versions(),
+    }
+    if args.json:
+        json.dump(_finite(results), sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(workloads_markdown(results))
+    return 0
 
 
 if __name__ == "__main__":

@@ -218,6 +218,7 @@ def run_overhead(
     contenders: Sequence[str | Contender] | None = None,
     without: Collection[str] = (),
     progress: Callable[[str], None] | None = None,
+    workload: Workload | None = None,
 ) -> dict[str, Any]:
     """The per-step overhead section: every contender against the fastest plain loop.
 
@@ -241,7 +242,7 @@ def run_overhead(
     """
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
-    workload = Workload()
+    workload = workload or Workload()
     result = run_rounds(
         _resolve(contenders),
         workload=workload,
@@ -262,10 +263,7 @@ def run_overhead(
         "baseline": BASELINE,
         "figure": "median",
         "method": "lockstep pairing with a companion plain loop",
-        "workload": (
-            f"nn.Linear(32, 32), batch 64, in-memory batches, SGD, MSE loss, 1 thread, "
-            f"{workload.epochs} epochs each validating on {workload.val_batches} batches"
-        ),
+        "workload": workload.describe(),
         "plain_step_us": None,
         "baseline_step_us": None,
         "results": {},

@@ -72,6 +72,14 @@ class Workload:
             for _ in range(self.val_batches)
         ]
 
+    def describe(self) -> str:
+        """One line saying what is trained (for the report)."""
+        return (
+            f"nn.Linear({self.features}, {self.features}), batch {self.batch_size}, in-memory "
+            f"batches, SGD, MSE loss, 1 thread, {self.epochs} epochs each validating on "
+            f"{self.val_batches} batches"
+        )
+
     def per_epoch(self, fetches: int) -> int:
         """Batches per epoch so that ``epochs`` epochs make at least ``fetches`` fetches."""
         return -(-fetches // self.epochs)

@@ -307,14 +307,16 @@ def _numpy() -> Any:
 def rng_state() -> dict[str, Any]:
     """Capture every global random generator, in a ``weights_only``-safe form.
 
-    Keys: ``python`` (``random`` as ``[version, [ints], gauss_next]``), ``numpy``
+    Keys: ``python`` (``random`` as ``[version, int64 tensor, gauss_next]``: the 625-word
+    state as one tensor, which pickles as one storage instead of 625 objects, so a checkpoint
+    write costs less; a list of ints, as older checkpoints hold, restores too), ``numpy``
     (NumPy's legacy global generator, when NumPy is importable), ``torch`` (the CPU
     generator's uint8 tensor) and ``cuda`` (one tensor per visible GPU, when CUDA is
     available). Restore it with :func:`set_rng_state`.
     """
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
-        "python": [version, list(internal), gauss_next],
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
         "torch": torch.get_rng_state(),
     }
     np = _numpy()
@@ -341,7 +343,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     """
     if "python" in state:
         version, internal, gauss_next = state["python"]
-        random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
+        words = internal.tolist() if isinstance(internal, torch.Tensor) else internal
+        random.setstate((int(version), tuple(int(x) for x in words), gauss_next))
     if "torch" in state:
         torch.set_rng_state(_byte_tensor(state["torch"]))
     if "numpy" in state:

@@ -117,6 +117,9 @@ class RuntimeCore:
         self._training_step: Callable[[Any, int], Any] = (
             self._bridge.step("training") or self._plain_training_step
         )
+        self._records_loss = self._training_step == self._plain_training_step
+        """Whether the loop records the step's loss as ``train/loss`` (a plain module; a
+        Lightning-style step logs its own)."""
         self._batch_override: Callable[[Any, int, bool], dict[str, Any]] | None = None
         """The bridge's training-batch function for models that override optimization hooks
         or optimize manually (chosen once per fit); None runs the loop's lean one."""
@@ -199,10 +202,9 @@ class RuntimeCore:
 
     # ------------------------------------------------------------------ helpers
     def _plain_training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        """The training step of a plain ``nn.Module``: the configured loss, logged as train/loss."""
-        loss = plain_loss(self.loss_fn, self._train_model, batch)
-        self.metrics.record("train/loss", loss.detach(), None)
-        return loss
+        """The training step of a plain ``nn.Module``: the configured loss (the loop records
+        it as train/loss, see ``_records_loss``)."""
+        return plain_loss(self.loss_fn, self._train_model, batch)
 
     def _log_step_metrics(self) -> None:
         """Send the latest per-step train values to the tracker (once per logged step)."""

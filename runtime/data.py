@@ -78,10 +78,12 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 
 def batch_size_of(batch: Any) -> int:
     """The size of the first dimension of the first tensor found in ``batch`` (else 1)."""
-    if type(batch) in (tuple, list) and batch and isinstance(batch[0], torch.Tensor) and batch[0].ndim:
-        size = int(batch[0].shape[0])  # fast path: (inputs, targets, ...) with batched inputs
-        if size:
-            return size
+    if type(batch) in (tuple, list) and batch:
+        first = batch[0]  # fast path: (inputs, targets, ...) with batched inputs
+        if isinstance(first, torch.Tensor) and first.ndim:
+            size = len(first)  # == shape[0], without building a torch.Size
+            if size:
+                return size
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.ndim else 1
     if isinstance(batch, Mapping):

@@ -196,6 +196,9 @@ class Runtime(RuntimeCore):
             if is_last and self.lr_scheduler_configs:
                 self._step_schedulers("epoch", self.state.epoch + 1)
             return {} if output is None else dict(output)
+        detached = loss.detach()  # one detach: the recorded loss and outputs["loss"]
+        if self._records_loss:  # a plain module's loss is train/loss
+            self.metrics.record_step("train/loss", detached)
 
         if accumulate == 1:
             zero_now = steps_now = True
@@ -203,6 +206,7 @@ class Runtime(RuntimeCore):
             zero_now = batch_idx % accumulate == 0
             steps_now = (batch_idx + 1) % accumulate == 0 or is_last
             loss = loss / accumulate
+            detached = loss.detach()
         if zero_now:
             if ev.before_zero_grad.dispatch: ev.before_zero_grad.emit(self, optimizer=optimizer)  # noqa: E701
             zero_grad(optimizer)
@@ -231,9 +235,9 @@ class Runtime(RuntimeCore):
             self._step_schedulers("epoch", self.state.epoch + 1)
 
         if type(output) is torch.Tensor:
-            return {"loss": loss.detach()}
+            return {"loss": detached}
         outputs = dict(output) if isinstance(output, Mapping) else {}
-        outputs["loss"] = loss.detach()
+        outputs["loss"] = detached
         return outputs
 
     def _finish_epoch(self, *, resumed_after_epoch_end: bool = False) -> None:

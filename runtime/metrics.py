@@ -105,6 +105,15 @@ class MetricStore:
         if isinstance(value, torch.Tensor) and value.requires_grad:
             # A parameter is updated in place later: keep a copy. A step's result is fresh.
             value = value.detach().clone() if value.is_leaf else value.detach()
+        self.record_step(name, value, batch_size)
+
+    def record_step(self, name: str, value: Any, batch_size: int | None = None) -> None:
+        """:meth:`record` for a value that needs no copy: a step's detached result.
+
+        The per-batch path of a plain module's loss (one call, no type checks): the value is
+        kept as it is (a tensor stays on its device, no sync), weighted by ``batch_size`` or
+        the size of the current batch, and mirrored in ``state.step_metrics``.
+        """
         if batch_size is None:
             batch_size = self.batch_size
             if batch_size is None:

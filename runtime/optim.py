@@ -248,6 +248,7 @@ def _schedulers_of(conf: Mapping[str, Any]) -> list[Any]:
 
 
 _BASE_ZERO_GRAD = torch.optim.Optimizer.zero_grad
+_profiler_enabled = torch.autograd._profiler_enabled  # bound once: two attribute lookups per step
 
 
 def zero_grad(optimizer: torch.optim.Optimizer) -> None:
@@ -266,7 +267,7 @@ def zero_grad(optimizer: torch.optim.Optimizer) -> None:
     if (
         type(optimizer).zero_grad is not _BASE_ZERO_GRAD
         or "zero_grad" in optimizer.__dict__
-        or torch.autograd._profiler_enabled()
+        or _profiler_enabled()
     ):
         optimizer.zero_grad(set_to_none=True)
         return

@@ -156,8 +156,12 @@ def test_sigterm_to_both_ranks_then_resume_equals_the_uninterrupted_run(tmp_path
     assert _identical(rank0["resumed"]["weights"], rank1["resumed"]["weights"])
     assert rank0["full"]["metrics"] == rank1["full"]["metrics"]
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.ckpt")] == ["stopped/runs/0-job/resume.ckpt"]
-    for job in ("full", "stopped", "resumed"):
+    for job in ("full", "stopped"):
         assert len(list((tmp_path / job / "runs").iterdir())) == 1
+    # The resumed run continues the stopped run's folder (README, "Checkpoints and resume").
+    assert not (tmp_path / "resumed" / "runs").exists()
+    status = (tmp_path / "stopped" / "runs" / "0-job" / "status.txt").read_text().splitlines()
+    assert status[0] == "success"
 
 
 @pytest.mark.slow
