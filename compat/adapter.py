@@ -178,6 +178,8 @@ def _receiver(event: str) -> Callable[..., None]:
     call = f"self._hook_{event}(self.trainer, self.pl_module{args})"
     if event == "train_batch_end":  # the facade counts stepping batches as Lightning does
         call = f"self.trainer._in_train_batch_end = True\n    try:\n        {call}\n    finally:\n        self.trainer._in_train_batch_end = False"
+    elif payload[-1:] == ("dataloader_idx",):  # an eval batch: Lightning's logging schedule counts them
+        call = f"self.trainer._eval_batches_ready = batch_idx + 1\n    {call}"
     source = f"def on_{event}(self, runtime{params}):\n{bind}    {call}\n"
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<busloop adapter {event}>", "exec"), namespace)  # noqa: S102

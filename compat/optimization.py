@@ -171,16 +171,18 @@ class _Closure:
         loss = step_loss(output)
         if loss is not None and accumulate > 1:
             loss = loss / accumulate
-        if batch_idx % accumulate == 0:
+        skip_backward = rt.skip_backward  # a forward-only pass (SWA's batch-norm epoch)
+        if batch_idx % accumulate == 0 and not skip_backward:
             ev = rt.bus.event
             if ev.before_zero_grad.dispatch: ev.before_zero_grad.emit(rt, optimizer=optimizer)  # noqa: E701
             module.optimizer_zero_grad(rt.state.epoch, batch_idx, optimizer)
         if loss is None:
             self.outputs = {}
             return None
-        self.strategy.backward(loss, optimizer)
-        if rt.training_strategy is not None:
-            rt.training_strategy.update_parameters(rt)
+        if not skip_backward:
+            self.strategy.backward(loss, optimizer)
+            if rt.training_strategy is not None:
+                rt.training_strategy.update_parameters(rt)
         extra = dict(output) if isinstance(output, Mapping) else {}
         self.outputs = {**extra, "loss": loss.detach()}
         return self.outputs["loss"]  # type: ignore[no-any-return]

@@ -56,6 +56,7 @@ class TrainerFacade:
         self.accelerator = Accelerator()
         self._logger_connector = LoggerConnector(self)
         self._in_train_batch_end = False
+        self._eval_batches_ready = 0  # the running evaluation's batches so far (the adapter sets it)
         self._logger = TrackerLogger(runtime)
 
     def __repr__(self) -> str:
@@ -136,7 +137,7 @@ class TrainerFacade:
     def num_training_batches(self) -> int | float:
         """As in Lightning: ``inf`` until the train loader is set up, after the sanity check."""
         st = self._rt.state
-        return float("inf") if st.sanity_checking else st.num_training_batches
+        return float("inf") if st.sanity_checking else self.fit_loop.max_batches
 
     @property
     def num_val_batches(self) -> list[int]:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Accelerator", "LoggerConnector", "TrackerLogger", "tracker_logs"]
 
+#: ``trainer.state.stage`` values in which Lightning's active loop is an evaluation loop.
+_EVALUATING = frozenset({"sanity_check", "validate", "test", "predict"})
+
 
 def tracker_logs(tracker: Any) -> bool:
     """Whether ``tracker`` records metrics (None: the run creates the configured one, which does)."""
@@ -114,7 +117,15 @@ class LoggerConnector:
 
     @property
     def should_update_logs(self) -> bool:
-        """Due when the next optimizer step is a multiple of ``log_every_n_steps``, or stopping."""
-        stepped = self._trainer.fit_loop.epoch_loop._batches_that_stepped
-        every = self._trainer._rt.config.trainer.log_every_n_steps
-        return (stepped + 1) % every == 0 or self._trainer._rt.state.should_stop
+        """Lightning's schedule: in training, due when the next optimizer step is a multiple of
+        ``log_every_n_steps``; in an evaluation (sanity check, validation, test, predict), when
+        the count of its batches so far is; always when stopping."""
+        trainer = self._trainer
+        every = trainer._rt.config.trainer.log_every_n_steps
+        if every == 0:
+            return False
+        if trainer.state.stage in _EVALUATING:
+            count = trainer._eval_batches_ready
+        else:
+            count = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+        return count % every == 0 or trainer._rt.state.should_stop

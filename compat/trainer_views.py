@@ -124,14 +124,16 @@ class _Progress:
 
 
 def _batches_that_stepped(trainer: TrainerFacade) -> int:
-    """Lightning's count of stepping batches: it grows after ``on_train_batch_end``, so inside
-    that hook (the adapter flags it) a batch that stepped is not counted yet."""
+    """Lightning's count of stepping batches: it grows after ``on_train_batch_end`` and after
+    the validation that batch triggers, so inside that hook (the adapter flags it) and during
+    that validation a batch that stepped is not counted yet."""
     rt, st = trainer._rt, trainer._rt.state
     in_batch_end = getattr(trainer, "_in_train_batch_end", False)
+    after_batch = in_batch_end or (st.stage == "fit" and trainer.state.stage == "validate")
     if not rt.automatic_optimization:  # every batch counts once, however many optimizers step
         done = st.epoch * st.num_training_batches + st.batch_idx
-        return done - 1 if in_batch_end else done
-    if not in_batch_end:
+        return done - 1 if after_batch else done
+    if not after_batch:
         return st.global_step
     stepped = st.batch_idx % max(1, rt.accumulate_grad_batches) == 0 or st.batch_idx >= st.num_training_batches
     return st.global_step - 1 if stepped else st.global_step
@@ -143,6 +145,7 @@ class FitLoop:
     def __init__(self, trainer: TrainerFacade) -> None:
         rt = trainer._rt
         self._rt = rt
+        self.extra_batches = 0
         st = rt.state
         val_loop = _Progress(_has_run=lambda: st.history[-1]["stage"] == "val" if st.history else False)
         current = _Progress(ready=lambda: st.batch_idx, completed=lambda: st.batch_idx)
@@ -171,7 +174,14 @@ class FitLoop:
 
     @property
     def max_batches(self) -> int:
-        return self._rt.state.num_training_batches
+        """``trainer.num_training_batches``; writable: a callback may count extra batches
+        (SWA adds one in its batch-norm epoch, so accumulation never completes early). The
+        loop still runs over the loader's batches and steps on the last one, as Lightning's."""
+        return self._rt.state.num_training_batches + self.extra_batches
+
+    @max_batches.setter
+    def max_batches(self, value: int) -> None:
+        self.extra_batches = int(value) - self._rt.state.num_training_batches
 
     @property
     def total_batch_idx(self) -> int:
@@ -180,4 +190,9 @@ class FitLoop:
 
     @property
     def _skip_backward(self) -> bool:
-        return False
+        """Writable: True makes training batches forward-only (``Runtime.skip_backward``)."""
+        return self._rt.skip_backward
+
+    @_skip_backward.setter
+    def _skip_backward(self, value: bool) -> None:
+        self._rt.skip_backward = bool(value)

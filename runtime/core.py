@@ -89,6 +89,10 @@ class RuntimeCore:
         self.lr_scheduler_configs: list[SchedulerConfig] = []
         self.scaler: torch.amp.GradScaler | None = None
         self.accumulate_grad_batches: int = cfg.accumulate_grad_batches or 1
+        """Re-read every batch: a callback may change it (GradientAccumulationScheduler)."""
+        self.skip_backward = False
+        """While True, training batches run the step but neither zero_grad nor backward (a
+        forward-only pass, as Lightning's ``fit_loop._skip_backward``: SWA's batch-norm epoch)."""
         self.tracker: Tracker | None = tracker
         self.ckpt_path: str | None = None
         self.loaders: dict[str, Iterable[Any]] = {}

@@ -169,6 +169,8 @@ class Runtime(RuntimeCore):
                 metrics.batch = None
                 return
             if self._val_pending or (validates and st.should_stop):
+                if done % self.accumulate_grad_batches == 0 or done == n:  # the batch stepped
+                    self._validation_zero_grad()
                 self._validation_block(val_loader)  # type: ignore[arg-type]  # validates: not None
             if st.should_stop or st.global_step >= max_steps:
                 break
@@ -207,14 +209,15 @@ class Runtime(RuntimeCore):
             steps_now = (batch_idx + 1) % accumulate == 0 or is_last
             loss = loss / accumulate
             detached = loss.detach()
-        if zero_now:
-            if ev.before_zero_grad.dispatch: ev.before_zero_grad.emit(self, optimizer=optimizer)  # noqa: E701
-            zero_grad(optimizer)
-        if ev.before_backward.dispatch: ev.before_backward.emit(self, loss=loss)  # noqa: E701
-        (loss if scaler is None else scaler.scale(loss)).backward()
-        if ev.after_backward.dispatch: ev.after_backward.emit(self)  # noqa: E701
-        if self.training_strategy is not None:
-            self.training_strategy.update_parameters(self)
+        if not self.skip_backward:  # skipped: a forward-only pass (the optimizer step still runs)
+            if zero_now:
+                if ev.before_zero_grad.dispatch: ev.before_zero_grad.emit(self, optimizer=optimizer)  # noqa: E701
+                zero_grad(optimizer)
+            if ev.before_backward.dispatch: ev.before_backward.emit(self, loss=loss)  # noqa: E701
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            if ev.after_backward.dispatch: ev.after_backward.emit(self)  # noqa: E701
+            if self.training_strategy is not None:
+                self.training_strategy.update_parameters(self)
 
         if steps_now:
             if scaler is not None:
@@ -266,6 +269,16 @@ class Runtime(RuntimeCore):
         finally:
             self._train_model.train()
             self.metrics.begin_stage("train")
+
+    def _validation_zero_grad(self) -> None:
+        """Free the gradients before a validation inside fit that follows an optimizer step, as
+        Lightning does (the module's ``on_validation_model_zero_grad``, else ``zero_grad``): a
+        later step with no backward in between (SWA's batch-norm epoch) then changes nothing."""
+        hook = getattr(self.model, "on_validation_model_zero_grad", None)
+        if callable(hook):
+            hook()
+        else:
+            self.model.zero_grad(set_to_none=True)
 
     def _sanity_check(self, loader: Iterable[Any]) -> None:
         cfg, st, ev = self.config.trainer, self.state, self.bus.event

@@ -8,7 +8,7 @@ Importing this module skips the test module when Lightning is not installed.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,13 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from test_lightning_log import CapturingLogger  # noqa: E402  (a Lightning logger keeping every call)
 
-__all__ = ["SCORES", "SEED", "CaptureTracker", "CapturingLogger", "PairModule", "fit_busloop", "fit_lightning", "pl"]
+__all__ = [
+    "EPOCHS", "SCORES", "SEED", "CaptureTracker", "CapturingLogger", "PairModule", "Recorder", "fit_busloop",
+    "fit_lightning", "pair", "pl",
+]
 
 SEED = 7
+EPOCHS = 4
 #: A scripted validation score per epoch: not monotonic, so top-k choices matter.
 SCORES = (0.5, 0.3, 0.6, 0.2, 0.4, 0.1, 0.7, 0.25)
 
@@ -113,6 +117,7 @@ def fit_lightning(
 ) -> Any:
     """Train a copy of ``module`` with Lightning's Trainer; returns the trainer."""
     checkpointing = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
+    progress_bar = any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks)
     fit = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -120,11 +125,10 @@ def fit_lightning(
         callbacks=callbacks,
         logger=logger,
         enable_checkpointing=checkpointing,
-        enable_progress_bar=False,
+        enable_progress_bar=progress_bar,
         enable_model_summary=False,
         default_root_dir=str(root),
-        num_sanity_val_steps=0,
-        **trainer,
+        **{"num_sanity_val_steps": 0, **trainer},
     )
     torch.manual_seed(SEED)
     fit.fit(copy.deepcopy(module), make_loader(96), make_loader(48, seed=1) if val else None)
@@ -147,3 +151,42 @@ def fit_busloop(
     torch.manual_seed(SEED)
     rt.fit(make_loader(96), make_loader(48, seed=1) if val else None, ckpt_path=ckpt_path)
     return rt
+
+
+_HOOKS = [
+    name for name, value in vars(pl.Callback).items()
+    if callable(value) and (name.startswith("on_") or name in ("setup", "teardown"))
+]  # fmt: skip
+
+
+def _recording(name: str) -> Callable[..., None]:
+    def record(self: Any, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+        self.__dict__.setdefault("calls", []).append(
+            (name, trainer.current_epoch, trainer.global_step, len(args) + len(kwargs))
+        )
+
+    return record
+
+
+#: A stock-style callback overriding every hook, recording (hook, epoch, step, argument count).
+Recorder = type("Recorder", (pl.Callback,), {name: _recording(name) for name in _HOOKS})
+
+
+def pair(
+    make: Callable[[Path], list[Any]], tmp_path: Path, *, module: Any = None, epochs: int = EPOCHS,
+    logged: bool = False, **trainer: Any,
+) -> tuple[Any, list[Any], Runtime, list[Any]]:
+    """Train under Lightning and busloop with ``make(folder)`` callbacks plus a Recorder each;
+    asserts the same hook sequence and final weights; returns (trainer, theirs, rt, ours)."""
+    module = module if module is not None else PairModule()
+    theirs, their_rec = make(tmp_path / "pl"), Recorder()
+    logger = CapturingLogger() if logged else False
+    fit = fit_lightning(module, [*theirs, their_rec], tmp_path / "pl", epochs=epochs, logger=logger, **trainer)
+    ours, our_rec = make(tmp_path / "bl"), Recorder()
+    tracker = CaptureTracker(tmp_path / "runs") if logged else None
+    rt = fit_busloop(module, [*ours, our_rec], epochs=epochs, tracker=tracker, **trainer)
+    assert our_rec.calls == their_rec.calls  # type: ignore[attr-defined]
+    for (name, mine), stock in zip(rt.model.state_dict().items(), fit.lightning_module.state_dict().values(), strict=True):
+        torch.testing.assert_close(mine, stock, rtol=0, atol=1e-6, msg=name)
+    rt.recorded = our_rec.calls  # type: ignore[attr-defined]
+    return fit, theirs, rt, ours

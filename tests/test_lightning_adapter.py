@@ -9,13 +9,12 @@ and the stock callback's decisions and state.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from compat_pairs import CaptureTracker, CapturingLogger, PairModule, fit_busloop, fit_lightning, pl
+from compat_pairs import EPOCHS, PairModule, fit_busloop, fit_lightning, pair, pl
 
 from compat.adapter import LightningCallbackAdapter
 from conftest import make_loader
@@ -23,47 +22,6 @@ from runtime import Runtime
 from runtime.bus import CallbackError
 from runtime.errors import ConfigError
 from runtime.tracking import NullTracker
-
-EPOCHS = 4
-
-_HOOKS = [
-    name for name, value in vars(pl.Callback).items()
-    if callable(value) and (name.startswith("on_") or name in ("setup", "teardown"))
-]  # fmt: skip
-
-
-def _recording(name: str) -> Callable[..., None]:
-    def record(self: Any, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
-        self.__dict__.setdefault("calls", []).append(
-            (name, trainer.current_epoch, trainer.global_step, len(args) + len(kwargs))
-        )
-
-    return record
-
-
-#: A stock-style callback overriding every hook, recording (hook, epoch, step, argument count).
-Recorder = type("Recorder", (pl.Callback,), {name: _recording(name) for name in _HOOKS})
-
-
-def pair(
-    make: Callable[[Path], list[Any]], tmp_path: Path, *, module: Any = None, epochs: int = EPOCHS,
-    logged: bool = False, **trainer: Any,
-) -> tuple[Any, list[Any], Runtime, list[Any]]:
-    """Train under Lightning and busloop with ``make(folder)`` callbacks plus a Recorder each;
-    asserts the same hook sequence and final weights; returns (trainer, theirs, rt, ours)."""
-    module = module if module is not None else PairModule()
-    theirs, their_rec = make(tmp_path / "pl"), Recorder()
-    logger = CapturingLogger() if logged else False
-    fit = fit_lightning(module, [*theirs, their_rec], tmp_path / "pl", epochs=epochs, logger=logger, **trainer)
-    ours, our_rec = make(tmp_path / "bl"), Recorder()
-    tracker = CaptureTracker(tmp_path / "runs") if logged else None
-    rt = fit_busloop(module, [*ours, our_rec], epochs=epochs, tracker=tracker, **trainer)
-    assert our_rec.calls == their_rec.calls  # type: ignore[attr-defined]
-    for (name, mine), stock in zip(rt.model.state_dict().items(), fit.lightning_module.state_dict().values(), strict=True):
-        torch.testing.assert_close(mine, stock, rtol=0, atol=1e-6, msg=name)
-    rt.recorded = our_rec.calls  # type: ignore[attr-defined]
-    return fit, theirs, rt, ours
-
 
 ES_CASES: list[dict[str, Any]] = [
     {"monitor": "score", "patience": 1},
@@ -256,18 +214,21 @@ def test_model_summary_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
         assert theirs and table() == theirs
 
 
-def test_device_stats_monitor_logs_cpu_stats_in_training(tmp_path: Path) -> None:
-    """Training-batch stats at Lightning's steps (validation-batch steps still differ: the
-    facade does not keep Lightning's count through a validation inside the last batch)."""
+def test_device_stats_monitor_logs_cpu_stats(tmp_path: Path) -> None:
+    """Training- and validation-batch stats, at Lightning's steps and on its schedule (in a
+    validation, every ``log_every_n_steps``-th of its batches, logged at the stepping-batch
+    count before the batch that triggered it)."""
     fit, _, rt, _ = pair(lambda _: [pl.callbacks.DeviceStatsMonitor(cpu_stats=True)], tmp_path,
                          logged=True, log_every_n_steps=2, epochs=2)  # fmt: skip
+
     def names_and_steps(rows: list[tuple[int, dict[str, float]]]) -> list[tuple[int, list[str]]]:
-        prefix = "DeviceStatsMonitor.on_train_batch"
-        return [(s, sorted(k for k in m if k.startswith(prefix))) for s, m in rows
-                if any(k.startswith(prefix) for k in m)]  # fmt: skip
+        return [(s, sorted(k for k in m if k.startswith("DeviceStatsMonitor."))) for s, m in rows
+                if any(k.startswith("DeviceStatsMonitor.") for k in m)]  # fmt: skip
 
     theirs = names_and_steps([(step, values) for step, values, _ in fit.logger.calls])
-    assert theirs and names_and_steps(rt.tracker.rows) == theirs  # type: ignore[union-attr]
+    assert names_and_steps(rt.tracker.rows) == theirs  # type: ignore[union-attr]
+    validation = [s for s, names in theirs if names[0].startswith("DeviceStatsMonitor.on_validation_batch")]
+    assert validation == [5, 5, 11, 11] and any("cpu_percent" in n for _, names in theirs for n in names)
 
 
 def test_tqdm_progress_bar_off_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
