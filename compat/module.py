@@ -42,6 +42,7 @@ from compat.optimization import (
     check_manual_optimization,
 )
 from compat.trainer import TrainerFacade
+from runtime.bus import MONITORED_EVENT
 from runtime.callback import Callback
 from runtime.module import BRIDGES, ModuleBridge
 from runtime.resume import check_state_keys
@@ -55,7 +56,7 @@ __all__ = ["LightningBridge", "lightning_base_classes"]
 _PACKAGES = ("lightning.pytorch", "pytorch_lightning")
 
 #: The event at which Lightning runs monitoring callbacks after the module's hook.
-_MONITORING_EVENT = "train_epoch_end"
+_MONITORING_EVENT = MONITORED_EVENT
 
 
 def lightning_package(model: object) -> str | None:

@@ -28,8 +28,12 @@ import blinker
 from runtime.events import EVENT_DOCS, EVENTS
 from runtime.names import suggest
 
+#: The event at which callbacks with a ``monitor_role`` run after all others (Lightning's rule).
+MONITORED_EVENT = "train_epoch_end"
+
 __all__ = [
     "EVENTS",
+    "MONITORED_EVENT",
     "Bus",
     "BusError",
     "CallbackError",
@@ -295,9 +299,25 @@ class Bus:
         methods = list(self.hooks_of(callback))
         for name, method in methods:
             self._check_signature(name, method, receiver_name(method))
+        monitors = getattr(callback, "monitor_role", None) is not None
         for name, method in methods:
-            self.signals[name].connect(method, weak=False)
+            if name == MONITORED_EVENT and not monitors:
+                self._connect_before_monitors(self.signals[name], method)
+            else:
+                self.signals[name].connect(method, weak=False)
         return [name for name, _ in methods]
+
+    @staticmethod
+    def _connect_before_monitors(signal: OrderedSignal, method: Callable[..., Any]) -> None:
+        """Connect ``method`` ahead of the receivers of monitoring callbacks (``monitor_role``):
+        Lightning runs checkpointing and early stopping after every other callback's
+        ``on_train_epoch_end``, whatever the order they were given in."""
+        later = [r for r in signal.dispatch if getattr(getattr(r, "__self__", None), "monitor_role", None)]
+        for receiver in later:
+            signal.disconnect(receiver)
+        signal.connect(method, weak=False)
+        for receiver in later:
+            signal.connect(receiver, weak=False)
 
     def subscribe_all(self, callbacks: Iterable[object]) -> None:
         """Subscribe callbacks in order, declaring all their custom events first."""

@@ -21,8 +21,9 @@ class Callback:
     custom_events: ClassVar[dict[str, tuple[str, ...]]] = {}
     monitor_role: ClassVar[str | None] = None
     """``"checkpoint"`` or ``"early_stopping"`` for callbacks that act on monitored metrics.
-    As in Lightning, they run after a LightningModule's own ``on_train_epoch_end`` (so a
-    metric the module logs there is seen) and the trainer facade lists them."""
+    As in Lightning, at ``train_epoch_end`` they run after every other callback and after a
+    LightningModule's own ``on_train_epoch_end`` (so a metric logged there is seen), whatever
+    the order they were given in; the trainer facade lists them."""
 
     @property
     def state_key(self) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from compat_pairs import EPOCHS, PairModule, fit_busloop, fit_lightning, pair, pl
+from compat_pairs import EPOCHS, SCORES, PairModule, fit_busloop, fit_lightning, pair, pl
 
 from compat.adapter import LightningCallbackAdapter
 from conftest import make_loader
@@ -237,3 +237,51 @@ def test_tqdm_progress_bar_off_terminal(tmp_path: Path, capsys: pytest.CaptureFi
     assert rt.state.epoch == 2
     assert bar.train_progress_bar.total == 6 and bar.train_progress_bar.n == 6
     assert "Epoch 1: 100%" in capsys.readouterr().out
+
+
+class _Order(pl.Callback):  # type: ignore[misc,name-defined]
+    """Notes, when it runs, what EarlyStopping and ModelCheckpoint have done so far."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, int, float, list[str]]] = []
+
+    def _note(self, hook: str, trainer: Any) -> None:
+        es, mc = trainer.early_stopping_callback, trainer.checkpoint_callback
+        files = sorted(Path(p).name for p in mc.best_k_models)
+        self.seen.append((hook, trainer.current_epoch, es.wait_count, float(es.best_score), files))
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._note("validation_end", trainer)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._note("train_epoch_end", trainer)
+
+
+@pytest.mark.parametrize("at_train_epoch_end", [False, True], ids=["validation_end", "train_epoch_end"])
+def test_checkpoint_callbacks_run_last(tmp_path: Path, at_train_epoch_end: bool) -> None:
+    """Config order ModelCheckpoint, EarlyStopping, a third callback: as Lightning, the checkpoint
+    callback runs after the others, so at ``on_validation_end`` the third callback sees
+    EarlyStopping's update of this epoch and no checkpoint of it yet; at ``on_train_epoch_end``
+    both monitoring callbacks run after it (and after the module's own hook)."""
+    from runtime.registry import instantiate, resolve_callback
+
+    def make(root: Path) -> list[Any]:
+        entries = [
+            ("lightning.pytorch.callbacks.ModelCheckpoint",
+             {"dirpath": str(root / "ckpt"), "monitor": "score", "save_top_k": 2,
+              "save_on_train_epoch_end": at_train_epoch_end}),
+            ("lightning.pytorch.callbacks.EarlyStopping",
+             {"monitor": "score", "patience": 10, "check_on_train_epoch_end": at_train_epoch_end}),
+        ]  # fmt: skip
+        built = [instantiate(resolve_callback(name, key="cb"), params, key="cb") for name, params in entries]
+        return [*built, _Order()]
+
+    _, (_, _, theirs), rt, (mc, _, ours) = pair(make, tmp_path)
+    assert ours.seen == theirs.seen
+    assert [type(c).__name__ for c in rt.callbacks] == ["EarlyStopping", "_Order", "Recorder", "ModelCheckpoint"]
+    for hook, epoch, _, best, files in ours.seen:
+        if hook == "validation_end" or at_train_epoch_end:  # ModelCheckpoint has not run yet
+            assert not any(f"epoch={epoch}-" in f for f in files)
+        checked = SCORES[: epoch + (not at_train_epoch_end)]  # EarlyStopping at validation_end: ran
+        assert best == pytest.approx(min(checked) if checked else float("inf"))
+    assert len(ours.seen) == 2 * EPOCHS and len(mc.best_k_models) == 2 and any(s[2] > 0 for s in ours.seen)
