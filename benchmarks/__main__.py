@@ -5,6 +5,7 @@
     python -m benchmarks --json > out.json  # the results as one JSON object on stdout
     python -m benchmarks --markdown         # the overhead table and targets for README
     python -m benchmarks --only dispatch --only scaling
+    python -m benchmarks --only adapter     # the Lightning callback adapter's cost per hook call
     python -m benchmarks --without lightning   # treat Lightning as not installed
     python -m benchmarks --workloads        # the real workloads (ResNet-18, DataLoader, digits)
 
@@ -28,12 +29,13 @@ from typing import Any
 
 from rich.console import Console
 
+from benchmarks.adapter import run_adapter
 from benchmarks.dispatch import run_dispatch
 from benchmarks.overhead import CLOCKS, CONTENDERS, run_overhead
 from benchmarks.report import check_targets, markdown_report, print_report
 from benchmarks.scaling import CALLBACK_COUNTS, run_scaling
 
-SECTIONS = ("dispatch", "overhead", "scaling")
+SECTIONS = ("dispatch", "overhead", "scaling", "adapter")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Preset:
     warmup: int
     scaling_rounds: int
     scaling_steps: int
+    adapter_rounds: int = 15
+    adapter_min_time: float = 0.05
 
 
 #: ``--quick``: within two minutes on a 2-core machine.
@@ -58,6 +62,8 @@ QUICK = Preset(
     warmup=50,
     scaling_rounds=4,
     scaling_steps=400,
+    adapter_rounds=7,
+    adapter_min_time=0.02,
 )
 #: The default: several minutes, tighter numbers.
 FULL = Preset(
@@ -74,7 +80,8 @@ FULL = Preset(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="busloop bench",
-        description="busloop's hook-overhead benchmarks: dispatch, per-step overhead, scaling.",
+        description="busloop's hook-overhead benchmarks: dispatch, per-step overhead, scaling, "
+        "the Lightning callback adapter.",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (< 2 min)")
     output = parser.add_mutually_exclusive_group()
@@ -158,6 +165,11 @@ def run_suite(
             warmup=preset.warmup,
             clock=clock,
             progress=lambda message: say(f"scaling: {message}"),
+        )
+    if "adapter" in sections:
+        say("adapter ...")
+        results["adapter"] = run_adapter(
+            rounds=preset.adapter_rounds, min_time=preset.adapter_min_time, without=without
         )
     results["targets"] = check_targets(results)
     results["meta"] = {

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["TARGETS", "check_targets", "markdown_report", "print_report", "zero_grad_line"]
+__all__ = ["TARGETS", "adapter_line", "check_targets", "markdown_report", "print_report", "zero_grad_line"]
 
 #: The targets: key -> (description, limit, unit). Overheads are over the fastest
 #: hand-written loop (grads set to None) and read the median over rounds (see
@@ -29,6 +29,9 @@ TARGETS: dict[str, tuple[str, float, str]] = {
         "×",
     ),
     "per_callback_event": ("scaling: cost per callback per event (slope)", 1.0, "µs"),
+    "adapter_per_hook": (
+        "Lightning callback adapter: extra per hook call over a native callback, median", 1.0, "µs"
+    ),
 }
 
 
@@ -84,6 +87,16 @@ def check_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     scaling = results.get("scaling")
     if scaling:
         checks.append(_target("per_callback_event", scaling["slope_us_per_callback_per_event"]))
+    adapter = results.get("adapter")
+    if adapter:
+        checks.append(
+            _target(
+                "adapter_per_hook",
+                adapter["extra_us_max_median"],
+                "the slowest of the events measured",
+                adapter["extra_us_max_min"],
+            )
+        )
     return checks
 
 
@@ -201,6 +214,17 @@ def zero_grad_line(section: Mapping[str, Any]) -> str | None:
     )
 
 
+def adapter_line(section: Mapping[str, Any]) -> str:
+    """One line per event: a native busloop callback's cost per hook call and what the
+    adapter adds for the same logic as a stock-style Lightning callback."""
+    parts = [
+        f"{event} {entry['native_us']['median']:.2f} µs native, "
+        f"+{entry['extra_us']['median']:.2f} µs adapted (of the mins: {entry['extra_us_of_mins']:+.2f})"
+        for event, entry in section["results"].items()
+    ]
+    return f"Adapter ({section['callback']}, median of {section['rounds']} rounds): " + "; ".join(parts) + "."
+
+
 def markdown_report(results: Mapping[str, Any]) -> str:
     """The overhead table and the target lines as Markdown, for pasting into README."""
     lines: list[str] = []
@@ -245,6 +269,9 @@ def markdown_report(results: Mapping[str, Any]) -> str:
             "",
             f"Scaling: {scaling['slope_us_per_callback_per_event']:.3f} µs per callback per event.",
         ]
+    adapter = results.get("adapter")
+    if adapter:
+        lines += ["", adapter_line(adapter)]
     if results.get("targets"):
         lines += ["", "| target | value | limit | status |", "| --- | ---: | ---: | --- |"]
         for check in results["targets"]:
@@ -286,6 +313,8 @@ def print_report(results: Mapping[str, Any], console: Console) -> None:
             console.print(scaling_table(section))
         for name, note in section["notes"].items():
             console.print(f"note: {name}: {note}")
+    if "adapter" in results:
+        console.print(adapter_line(results["adapter"]), markup=False, highlight=False)
     for check in results.get("targets", []):
         value = check["value"]
         shown = "n/a" if value is None else f"{value:.4g} {check['unit']}"

@@ -11,7 +11,9 @@ callback of a Runtime in a :class:`LightningCallbackAdapter`:
   payload positionally, as Lightning does (eval batch hooks without ``dataloader_idx``:
   busloop runs one loader per stage, and Lightning passes it only with several).
 - ``trainer`` is the :class:`compat.trainer.TrainerFacade` (the LightningModule's when the
-  model is one, else one made for the Runtime) and ``pl_module`` is ``runtime.model``.
+  model is one, else one made for the Runtime) and ``pl_module`` is ``runtime.model`` (a plain
+  ``nn.Module`` seen through :class:`ModuleView`, which adds what stock callbacks read on a
+  LightningModule: ``automatic_optimization``, ``device``, ``current_epoch`` ...).
 - ``state_dict`` / ``load_state_dict`` / ``state_key`` are the callback's; ``on_save_checkpoint``
   and ``on_load_checkpoint`` are connected to the ``save_checkpoint`` / ``load_checkpoint``
   events, which the runtime emits where Lightning calls them.
@@ -40,7 +42,7 @@ from runtime.registry import CALLBACK_ADAPTERS
 if TYPE_CHECKING:
     from runtime.core import RuntimeCore as Runtime
 
-__all__ = ["LightningCallbackAdapter", "adapt", "facade_for", "hook_name", "is_lightning_callback", "unwrap"]
+__all__ = ["LightningCallbackAdapter", "ModuleView", "adapt", "facade_for", "hook_name", "is_lightning_callback", "unwrap"]
 
 _PACKAGES = ("lightning.pytorch", "pytorch_lightning")
 
@@ -58,7 +60,11 @@ NEEDS_LIGHTNING_MODULE: dict[str, str] = {
     "GradientAccumulationScheduler": "it checks the module's optimizer_step with is_overridden",
     "StochasticWeightAveraging": "it reads LightningModule attributes",
     "BackboneFinetuning": "it reads LightningModule attributes",
+    "WeightAveraging": "it checks the module's configure_model with is_overridden",
 }
+
+#: Stock callbacks that need an attribute of the model: class name -> attribute.
+NEEDS_MODULE_ATTRIBUTE: dict[str, str] = {"BackboneFinetuning": "backbone", "BasePredictionWriter": "predict_step"}
 
 #: Stock callbacks that log through ``trainer.loggers`` and fail without one.
 NEEDS_LOGGER = frozenset({"LearningRateMonitor", "DeviceStatsMonitor"})
@@ -159,12 +165,63 @@ class LightningCallbackAdapter:
 
     def bind(self, runtime: Runtime) -> None:
         """Take the run's trainer facade and module (at every ``setup``: each run has its own)."""
-        self.trainer, self.pl_module = facade_for(runtime), runtime.model
+        from compat.module import lightning_base_classes
+
+        self.trainer = facade_for(runtime)
+        self.trainer._in_train_batch_end = False
+        model = runtime.model
+        self.pl_module = model if lightning_base_classes(model) is not None else ModuleView(model, self.trainer)
 
     def on_setup(self, runtime: Runtime, stage: str) -> None:
         self.bind(runtime)
         if "setup" in self.lightning_hooks:
             self.__dict__["_hook_setup"](self.trainer, self.pl_module, stage)
+
+
+class ModuleView:
+    """``pl_module`` for a plain ``nn.Module``: the LightningModule attributes stock callbacks
+    read (``automatic_optimization``, ``device``, ``current_epoch``, ``global_step``,
+    ``trainer``, ``example_input_array``) from the run; everything else is the module's own."""
+
+    def __init__(self, module: Any, trainer: TrainerFacade) -> None:
+        object.__setattr__(self, "wrapped_module", module)
+        object.__setattr__(self, "_trainer", trainer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped_module, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.wrapped_module, name, value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapped_module(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"ModuleView({self.wrapped_module!r})"
+
+    @property
+    def trainer(self) -> TrainerFacade:
+        return self._trainer  # type: ignore[no-any-return]
+
+    @property
+    def automatic_optimization(self) -> bool:
+        return self._trainer._rt.automatic_optimization  # type: ignore[no-any-return]
+
+    @property
+    def device(self) -> Any:
+        return self._trainer._rt.device
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch  # type: ignore[no-any-return]
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step  # type: ignore[no-any-return]
+
+    @property
+    def example_input_array(self) -> Any:
+        return getattr(self.wrapped_module, "example_input_array", None)
 
 
 def _receiver(event: str) -> Callable[..., None]:
@@ -177,7 +234,12 @@ def _receiver(event: str) -> Callable[..., None]:
     bind = "    if self.trainer is None:\n        self.bind(runtime)\n" if event == "exception" else ""
     call = f"self._hook_{event}(self.trainer, self.pl_module{args})"
     if event == "train_batch_end":  # the facade counts stepping batches as Lightning does
-        call = f"self.trainer._in_train_batch_end = True\n    try:\n        {call}\n    finally:\n        self.trainer._in_train_batch_end = False"
+        # No try/finally (it costs per call): a hook that raises ends the run, and bind()
+        # clears the flag at the next run's setup.
+        call = (
+            "trainer = self.trainer\n    trainer._in_train_batch_end = True\n"
+            f"    self._hook_{event}(trainer, self.pl_module{args})\n    trainer._in_train_batch_end = False"
+        )
     elif payload[-1:] == ("dataloader_idx",):  # an eval batch: Lightning's logging schedule counts them
         call = f"self.trainer._eval_batches_ready = batch_idx + 1\n    {call}"
     source = f"def on_{event}(self, runtime{params}):\n{bind}    {call}\n"
@@ -231,6 +293,9 @@ def _check(callback: object, runtime: Runtime) -> None:
                     f"{name}: needs a LightningModule as pl_module ({why}); "
                     f"{type(runtime.model).__name__} is a plain nn.Module"
                 )
+    for needy, attribute in NEEDS_MODULE_ATTRIBUTE.items():
+        if needy in classes and not hasattr(runtime.model, attribute):
+            raise ConfigError(f"{name}: needs pl_module.{attribute}, which {type(runtime.model).__name__} does not have")
     if classes & NEEDS_LOGGER and runtime.tracker is not None and not facade_loggers(runtime):
         raise ConfigError(
             f"{name}: needs a logger (trainer.loggers), but the Runtime's tracker "

@@ -186,3 +186,16 @@ def test_specialised_emit_matches_the_generic_one() -> None:
         bus.emit("after_backward", "rt")
     assert isinstance(exc.value.original, ValueError)
     assert OrderedSignal("undeclared").emit.__func__ is OrderedSignal.emit  # no payload: generic
+
+
+def test_adapter_section_times_native_and_adapted_hooks() -> None:
+    from benchmarks.adapter import ADAPTER_EVENTS, run_adapter
+
+    section = run_adapter(rounds=2, min_time=0.001)
+    assert set(section["results"]) == set(ADAPTER_EVENTS)
+    for entry in section["results"].values():
+        assert _is_summary(entry["native_us"], 2) and _is_summary(entry["adapted_us"], 2)
+        assert entry["native_us"]["min"] > 0 and math.isfinite(entry["extra_us"]["median"])
+    (check,) = [c for c in check_targets({"adapter": section}) if c["target"] == "adapter_per_hook"]
+    assert check["status"] in ("PASS", "FAIL") and check["value"] == section["extra_us_max_median"]
+    json.dumps(section)

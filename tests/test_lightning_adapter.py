@@ -9,6 +9,7 @@ and the stock callback's decisions and state.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,8 @@ def test_duck_typed_callback_and_plain_module(tmp_path: Path) -> None:
             self.seen: list[Any] = []
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            self.seen.append((trainer.current_epoch, type(pl_module).__name__, trainer.callbacks[0] is self))
+            module = type(pl_module.wrapped_module).__name__
+            self.seen.append((trainer.current_epoch, module, trainer.callbacks[0] is self, pl_module.current_epoch))
 
     duck = Duck()
     model = torch.nn.Linear(8, 2)
@@ -145,7 +147,7 @@ def test_duck_typed_callback_and_plain_module(tmp_path: Path) -> None:
               "optimizer": {"name": "SGD", "params": {"lr": 0.1}}}  # fmt: skip
     rt = Runtime(model, [duck], config, tracker=NullTracker())
     rt.fit(make_loader(32))
-    assert duck.seen == [(0, "Linear", True), (1, "Linear", True)]
+    assert duck.seen == [(0, "Linear", True, 0), (1, "Linear", True, 1)]
 
 
 def test_refused_at_registration() -> None:
@@ -285,3 +287,54 @@ def test_checkpoint_callbacks_run_last(tmp_path: Path, at_train_epoch_end: bool)
         checked = SCORES[: epoch + (not at_train_epoch_end)]  # EarlyStopping at validation_end: ran
         assert best == pytest.approx(min(checked) if checked else float("inf"))
     assert len(ours.seen) == 2 * EPOCHS and len(mc.best_k_models) == 2 and any(s[2] > 0 for s in ours.seen)
+
+
+def _stock(name: str, monitor: str) -> Any:
+    """One instance of each stock callback class, with the arguments it requires."""
+    C = pl.callbacks
+    special: dict[str, Callable[[], Any]] = {
+        "BasePredictionWriter": lambda: type("Writer", (C.BasePredictionWriter,), {"write_on_batch_end": print})(),
+        "EarlyStopping": lambda: C.EarlyStopping(monitor=monitor),
+        "GradientAccumulationScheduler": lambda: C.GradientAccumulationScheduler({0: 2}),
+        "LambdaCallback": lambda: C.LambdaCallback(on_train_start=lambda t, m: None),
+        "ModelCheckpoint": lambda: C.ModelCheckpoint(monitor=monitor),
+        "ModelPruning": lambda: C.ModelPruning("l1_unstructured", amount=0.2),
+        "OnExceptionCheckpoint": lambda: C.OnExceptionCheckpoint(dirpath="crash"),
+        "StochasticWeightAveraging": lambda: C.StochasticWeightAveraging(swa_lrs=0.01),
+        "ThroughputMonitor": lambda: C.ThroughputMonitor(batch_size_fn=len),
+    }  # fmt: skip
+    return special[name]() if name in special else getattr(C, name)()
+
+
+#: Every concrete class ``lightning.pytorch.callbacks`` exports.
+STOCK = sorted(set(pl.callbacks.__all__) - {"Callback", "Checkpoint", "ProgressBar", "BaseFinetuning"})
+REFUSED = {"BatchSizeFinder", "LearningRateFinder", "ThroughputMonitor"}
+REFUSED_ON_PLAIN = {
+    "BackboneFinetuning", "BasePredictionWriter", "EMAWeightAveraging", "GradientAccumulationScheduler",
+    "ModelSummary", "RichModelSummary", "StochasticWeightAveraging", "WeightAveraging",
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plain", [False, True], ids=["lightning_module", "plain_module"])
+def test_every_stock_callback_runs_or_is_refused_at_registration(tmp_path: Path, plain: bool) -> None:
+    """Each stock callback either trains an epoch (and validates) without error, or is refused
+    when the Runtime is built, with one line naming it and what is missing."""
+    refused: dict[str, str] = {}
+    for name in STOCK:
+        callback = _stock(name, "val/loss" if plain else "val_loss")
+        model: Any = torch.nn.Sequential(torch.nn.Linear(8, 2)) if plain else PairModule()
+        config: dict[str, Any] = {"trainer": {"epochs": 1}, "tracker": {"save_directory": str(tmp_path / name)}}
+        if plain:
+            config |= {"loss": "torch.nn.functional:cross_entropy", "optimizer": {"name": "SGD", "params": {}}}
+        try:
+            rt = Runtime(model, [callback], config)
+        except ConfigError as error:
+            refused[name] = str(error)
+            continue
+        with rt:
+            rt.fit(make_loader(32), make_loader(16))
+        assert rt.state.epoch == 1, name
+    assert set(refused) == REFUSED | (REFUSED_ON_PLAIN if plain else {"BackboneFinetuning"})
+    for name, message in refused.items():
+        assert "\n" not in message and message.split(":")[0] in (name, "Writer") and " needs " in message
