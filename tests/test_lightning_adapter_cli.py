@@ -125,3 +125,27 @@ def test_torchrun_stock_callbacks_agree_across_ranks(tmp_path: Path) -> None:
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert files == sorted([*(Path(p).name for p in rank0["best_k"]), "last.ckpt"]) and len(files) == 3
     assert Path(rank0["best_model_path"]).name in files
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"name": "lightning.pytorch.callbacks.BatchSizeFinder"}, "BatchSizeFinder: needs Lightning's tuner"),
+        ({"name": "lightning.pytorch.callbacks.ModelSummary"}, "ModelSummary: needs a LightningModule as pl_module"),
+    ],
+)
+def test_busloop_train_refuses_at_registration_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], entry: dict[str, Any], expected: str
+) -> None:
+    """A stock callback busloop cannot serve stops ``busloop train`` before training: exit 2 and
+    one line naming the callback and what is missing, no traceback."""
+    from runtime.cli import main
+
+    config = _config(tmp_path, epochs=1)
+    config["trainer"]["callbacks"] = [entry]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
