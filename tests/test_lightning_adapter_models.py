@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from compat_pairs import PairModule, fit_busloop, fit_lightning, pair, pl
+from compat_pairs import PairModule, pair, pl
 from lightning_compare import BNModule, assert_state_close
 from torch import nn
 from torch.optim.swa_utils import SWALR
@@ -140,14 +140,11 @@ _TABLE = re.compile(r"[┏┃┡│└]|params|Modules in|FLOPs")
 
 
 def test_rich_model_summary_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    def table() -> list[str]:
-        return [line.rstrip() for line in capsys.readouterr().out.splitlines() if _TABLE.search(line)]
-
-    make = lambda _: [pl.callbacks.RichModelSummary(max_depth=2)]  # noqa: E731
-    fit_lightning(BNModule(), make(tmp_path), tmp_path, epochs=1)
-    theirs = table()
-    fit_busloop(BNModule(), make(tmp_path), epochs=1)
-    ours = table()
+    capsys.readouterr()
+    pair(lambda _: [pl.callbacks.RichModelSummary(max_depth=2)], tmp_path, module=BNModule(), epochs=1)
+    lines = [line.rstrip() for line in capsys.readouterr().out.splitlines() if _TABLE.search(line)]
+    half = len(lines) // 2  # Lightning's table, then busloop's
+    theirs, ours = lines[:half], lines[half:]
     assert any("Total params" in line for line in theirs) and any("net.1" in line for line in theirs)
     assert ours == theirs
 
