@@ -79,7 +79,7 @@ def _busloop(cfg: Any, clock: _Clock, limit: float | None) -> None:
     from callbacks import build_callbacks
     from runtime import Runtime
     from runtime.callback import Callback
-    from runtime.cli import build_job
+    from runtime.job import build_job
     from runtime.devices import seed_everything
 
     class FinalEpoch(Callback):
@@ -95,7 +95,7 @@ def _busloop(cfg: Any, clock: _Clock, limit: float | None) -> None:
 
 
 def _plain(cfg: Any, clock: _Clock, limit: float | None) -> None:
-    from runtime.cli import build_job
+    from runtime.job import build_job
     from runtime.devices import seed_everything
 
     seed_everything(cfg.trainer.seed)
@@ -124,7 +124,7 @@ def _plain(cfg: Any, clock: _Clock, limit: float | None) -> None:
 def _lightning(cfg: Any, clock: _Clock, limit: float | None) -> None:
     import lightning.pytorch as pl
 
-    from runtime.cli import build_job
+    from runtime.job import build_job
     from runtime.devices import seed_everything
     from runtime.examples.digits import DigitsClassifier
 
@@ -166,7 +166,7 @@ def _ignite(cfg: Any, clock: _Clock, limit: float | None) -> None:
     from ignite.engine import Engine, Events, create_supervised_evaluator
     from ignite.metrics import Accuracy
 
-    from runtime.cli import build_job
+    from runtime.job import build_job
     from runtime.devices import seed_everything
 
     seed_everything(cfg.trainer.seed)
