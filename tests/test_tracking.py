@@ -511,21 +511,25 @@ def test_guarded_backend_drops_the_oldest_beyond_its_buffer() -> None:
     assert "7 record(s) not sent" in tracker.problems[0]
 
 
-def test_a_failing_remote_tracker_never_stops_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real fit with the local and "mlflow" backends, where mlflow is a fake module whose
-    calls raise ConnectionError (a server that went down): the run finishes, the run folder's
-    status.txt says success and records the tracker problem."""
+@pytest.mark.parametrize("down_at", ["calls", "start"])
+def test_a_failing_remote_tracker_never_stops_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, down_at: str
+) -> None:
+    """A real fit with the local and "mlflow" backends, where mlflow is a fake module (no
+    server can exist here) whose calls raise ConnectionError (a server that went down during
+    the run, or was down at its start): the run finishes, the run folder's status.txt says
+    success and records the tracker problem."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from runtime import Runtime
 
     fake = types.ModuleType("mlflow")
     fake.active_run = lambda: None  # type: ignore[attr-defined]
-    fake.start_run = lambda run_name=None, nested=False: None  # type: ignore[attr-defined]
 
     def down(*args: object, **kwargs: object) -> None:
         raise ConnectionError("server unreachable")
 
+    fake.start_run = down if down_at == "start" else (lambda run_name=None, nested=False: None)  # type: ignore[attr-defined]
     fake.log_params = fake.log_metrics = fake.log_artifact = fake.end_run = down  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "mlflow", fake)
 
@@ -544,6 +548,9 @@ def test_a_failing_remote_tracker_never_stops_training(tmp_path: Path, monkeypat
     assert lines[0] == "success"
     assert "tracker MLflowTracker" in lines[1] and "ConnectionError: server unreachable" in lines[1]
     log_text = (tmp_path / "0-flaky" / "log.txt").read_text()
-    assert log_text.count("Tracker MLflowTracker failed") == 1
+    if down_at == "start":
+        assert "could not start" in lines[1]
+    else:
+        assert log_text.count("Tracker MLflowTracker failed") == 1
     rows = [json.loads(line) for line in (tmp_path / "0-flaky" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val/loss" in r] == [4, 8]  # the local backend got its records

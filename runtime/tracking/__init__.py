@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from ..distributed import is_rank_zero
@@ -20,6 +22,8 @@ from ..errors import ConfigError
 from .base import FINAL_STATUSES, MultiTracker, NullTracker, Tracker
 from .guard import GuardedTracker
 from .local import LocalTracker, new_run_dir
+
+log = logging.getLogger("busloop.tracking")
 
 __all__ = [
     "BACKENDS",
@@ -102,6 +106,8 @@ def create_tracker(
         return NullTracker()
 
     trackers: list[Tracker] = []
+    problems: list[str] = []
+    remote: Tracker | str
     folder: Path | None = Path(run_dir) if run_dir is not None else None
     if "local" in names:
         local = LocalTracker(save_directory, run_name, run_dir=folder)
@@ -113,9 +119,30 @@ def create_tracker(
 
             if folder is None:
                 folder = new_run_dir(save_directory, run_name)
-            trackers.append(GuardedTracker(TensorBoardTracker(folder)))
+            remote = _start_remote("TensorBoardTracker", partial(TensorBoardTracker, folder))
         elif name == "mlflow":
             from .mlflow import MLflowTracker
 
-            trackers.append(GuardedTracker(MLflowTracker(folder, run_name)))
-    return trackers[0] if len(trackers) == 1 else MultiTracker(trackers)
+            remote = _start_remote("MLflowTracker", partial(MLflowTracker, folder, run_name))
+        else:
+            continue
+        if isinstance(remote, str):  # it could not start: training goes on without it
+            problems.append(remote)
+        else:
+            trackers.append(GuardedTracker(remote))
+    if not trackers:
+        return NullTracker()
+    tracker = trackers[0] if len(trackers) == 1 else MultiTracker(trackers)
+    trackers[0].problems = (*trackers[0].problems, *problems)  # status.txt records them
+    return tracker
+
+
+def _start_remote(name: str, start: Callable[[], Tracker]) -> Tracker | str:
+    """Start a remote backend; when it raises (server down, no network), warn and return
+    the problem to record instead, so that a tracking server never stops a run."""
+    try:
+        return start()
+    except Exception as exc:
+        problem = f"tracker {name}: could not start ({type(exc).__name__}: {exc}); the run went on without it"
+        log.warning("%s", problem)
+        return problem
