@@ -356,6 +356,10 @@ class ModelCheckpoint(Callback):
         if self.save_weights_only:
             checkpoint = runtime.checkpoint_dict()
             weights = {k: checkpoint[k] for k in _WEIGHTS_ONLY_KEYS if k in checkpoint}
+            if runtime.sharded:  # FSDP: gather full tensors (collective), rank zero writes them
+                from runtime.fsdp import full_state_dict
+
+                weights["state_dict"] = full_state_dict(runtime.model)
             if dist.rank_zero_write(lambda: save_checkpoint(weights, path), path):  # every rank learns the outcome
                 runtime.bus.event.checkpoint_written.emit(runtime, path=Path(path), monitor=monitor, score=score)
         else:

@@ -90,6 +90,15 @@ def load_sharded(rt: Runtime, path: Path) -> dict[str, Any]:
     return meta
 
 
+def full_state_dict(model: nn.Module) -> dict[str, Any]:
+    """The sharded ``model``'s weights as full CPU tensors on rank zero (empty elsewhere): a
+    collective, every rank calls it. For files that hold weights only (``save_weights_only``)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return dict(get_model_state_dict(model, options=options))
+
+
 def consolidate(folder: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     """One checkpoint file from a sharded checkpoint folder (run in a single process).
 

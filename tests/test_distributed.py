@@ -179,6 +179,9 @@ def test_fsdp_sharded_checkpoints_resume_exactly_and_consolidate(tmp_path: Path)
         assert rank["bf16"]["dtypes"] == {"torch.bfloat16"}  # the policy from trainer.precision
     assert _identical(rank0["full"]["weights"], rank1["full"]["weights"])
     assert rank0["bf16"]["metrics"] == rank1["bf16"]["metrics"]
+    # ModelCheckpoint(save_weights_only=True) under FSDP: one file of full tensors (rank zero)
+    (weights_file,) = (tmp_path / "bf16" / "weights").iterdir()
+    assert _identical(torch.load(weights_file, weights_only=True)["state_dict"], rank0["bf16"]["weights"])
 
     folder = tmp_path / "stopped" / "runs" / "0-job" / "resume.ckpt"
     assert folder.is_dir() and {p.name for p in folder.iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp", "busloop.pt"}

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import GracefulInterruptCallback
+from compat import ModelCheckpoint
 from runtime import Callback, Runtime
 from runtime import distributed as dist
 
@@ -131,7 +132,9 @@ def main(out: Path, strategy: str) -> None:
     results["resumed"] = fit(out / "resumed", [], ckpt_path=resume, strategy=strategy)
     if strategy == "fsdp":  # FSDP's mixed precision policy follows trainer.precision
         dtype = ComputeDtype()
-        results["bf16"] = {**fit(out / "bf16", [dtype], strategy=strategy, precision="bf16-mixed"), "dtypes": dtype.dtypes}
+        weights_file = ModelCheckpoint(dirpath=str(out / "bf16" / "weights"), save_weights_only=True)
+        extra = [dtype, weights_file]
+        results["bf16"] = {**fit(out / "bf16", extra, strategy=strategy, precision="bf16-mixed"), "dtypes": dtype.dtypes}
     torch.save(results, out / f"rank{dist.rank()}.pt")
 
 
