@@ -30,7 +30,8 @@ names without ``on_``)::
 ``test`` and ``predict`` follow the same block shape with ``setup``/``teardown`` around it.
 
 What is true when an event fires (pinned by ``tests/test_event_contracts.py``):
-``before_zero_grad`` still sees the previous step's gradients; ``before_backward`` gets the
+``before_zero_grad`` still sees the previous step's gradients (unless a validation came in
+between: gradients are freed before a validation inside fit, as Lightning does); ``before_backward`` gets the
 graph-connected loss (divided by ``accumulate_grad_batches``) with the gradients cleared;
 ``after_backward`` sees every gradient, weights not yet updated; ``before_optimizer_step``
 sees the gradients unscaled (16-mixed) and not yet clipped; ``train_batch_end`` comes after
