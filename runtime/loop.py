@@ -131,7 +131,8 @@ class Runtime(RuntimeCore):
             self._finish_epoch(resumed_after_epoch_end=True)
             return
 
-        self._train_model.train()
+        if not self._bridge.lightning_style:  # Lightning never calls train(): a submodule
+            self._train_model.train()  # a LightningModule put in eval mode stays there
         batches, self._epoch_rng = epoch_batches(loader, st.epoch, resume)  # exact resume
 
         metrics.begin_stage("train")
@@ -263,12 +264,35 @@ class Runtime(RuntimeCore):
     def _validation_block(self, loader: Iterable[Any]) -> dict[str, float]:
         """Validation inside fit: the module is in eval mode from validation_start to _end."""
         self._val_pending = False
-        self._train_model.eval()
+        modes = self._eval_mode("validation")
         try:
             return self._eval_epoch("validation", loader, self.state.num_val_batches)
         finally:
-            self._train_model.train()
+            self._restore_mode("validation", modes)
             self.metrics.begin_stage("train")
+
+    def _eval_mode(self, stage: str) -> dict[str, bool]:
+        """Eval mode for an evaluation block inside fit, as Lightning sets it: the module's own
+        ``on_<stage>_model_eval`` when it overrides it, else ``eval()``. Returns every
+        submodule's mode before, for :meth:`_restore_mode`."""
+        modes = {name: module.training for name, module in self._train_model.named_modules()}
+        hook = self._bridge.overridden(f"on_{stage}_model_eval")
+        if hook is not None:
+            hook()
+        else:
+            self._train_model.eval()
+        return modes
+
+    def _restore_mode(self, stage: str, modes: dict[str, bool]) -> None:
+        """Undo :meth:`_eval_mode`: the module's own ``on_<stage>_model_train`` when it
+        overrides it, else each submodule back to its mode before (a frozen batch norm left in
+        eval stays there), as Lightning restores it."""
+        hook = self._bridge.overridden(f"on_{stage}_model_train")
+        if hook is not None:
+            hook()
+            return
+        for name, module in self._train_model.named_modules():
+            module.training = modes.get(name, module.training)
 
     def _validation_zero_grad(self) -> None:
         """Free the gradients before a validation inside fit that follows an optimizer step, as
@@ -286,9 +310,9 @@ class Runtime(RuntimeCore):
         st.num_sanity_val_batches = min(steps, st.num_val_batches)
         st.sanity_checking = True
         ev.sanity_check_start.emit(self)
-        self._train_model.eval()
+        modes = self._eval_mode("validation")
         self._eval_epoch("validation", loader, st.num_sanity_val_batches)
-        self._train_model.train()
+        self._restore_mode("validation", modes)
         ev.sanity_check_end.emit(self)
         st.sanity_checking = False
         st.clear_metrics()  # Lightning clears its metrics after the sanity check
@@ -311,8 +335,11 @@ class Runtime(RuntimeCore):
             count = as_count(num_batches(loader, limit))
             setattr(st, f"num_{'val' if stage == 'validation' else stage}_batches", count)
             self.model.to(self.device)
-            self.model.eval()
-            metrics = self._eval_epoch(stage, loader, count)
+            modes = self._eval_mode(stage)
+            try:
+                metrics = self._eval_epoch(stage, loader, count)
+            finally:
+                self._restore_mode(stage, modes)
             if dm is not None:
                 teardown_datamodule(dm, fn)
             ev.teardown.emit(self, stage=fn)

@@ -317,3 +317,51 @@ def test_unbounded_epochs_stop_at_max_steps_as_lightning(tmp_path: Path) -> None
         seen.append((trainer.max_epochs, trainer.fit_loop.max_epochs, trainer.current_epoch, trainer.global_step))
     assert seen[1] == seen[0]
     assert seen[0][:2] == (-1, -1) and seen[0][3] == 9
+
+
+class FrozenNorm(Regressor):
+    """Puts a batch norm in eval mode at train start (a frozen statistics layer) and records
+    the modes each training batch and evaluation sees, and its own model_eval/train hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(4)
+        self.seen: list[Any] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.norm(x))
+
+    def on_train_start(self) -> None:
+        self.norm.eval()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.seen.append(("train", self.training, self.norm.training, self.layer.training))
+
+    def on_validation_model_eval(self) -> None:
+        self.seen.append("validation_model_eval")
+        super().on_validation_model_eval()
+
+    def on_test_model_train(self) -> None:
+        self.seen.append(("test_model_train", self.training, self.norm.training))
+        self.train()
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.seen.append(("test", self.training, self.norm.training))
+
+
+def test_eval_mode_hooks_and_restored_modes_match_lightning(tmp_path: Path) -> None:
+    """The module's on_<stage>_model_eval / _train hooks run where Lightning runs them, and
+    without an override each submodule gets back its mode from before the evaluation (a batch
+    norm frozen in eval at train start stays frozen through fit's validations)."""
+
+    def run(cls: Any, root: Path) -> list[Any]:
+        torch.manual_seed(0)
+        model = FrozenNorm()
+        trainer = cls(max_epochs=2, default_root_dir=root, num_sanity_val_steps=1, **QUIET)
+        trainer.fit(model, _loader(1, n=16), _loader(2, n=16))
+        trainer.test(model, _loader(3, n=8))
+        return [*model.seen, ("after", model.training, model.norm.training)]
+
+    theirs = run(pl.Trainer, tmp_path / "lightning")
+    assert ("train", True, False, True) in theirs  # Lightning keeps the frozen norm in eval
+    assert run(Trainer, tmp_path / "busloop") == theirs
