@@ -33,7 +33,14 @@ from runtime.module import bridge_for, plain_loss, resolve_loss
 from runtime.optim import SchedulerConfig, configure_optimization, step_schedulers
 from runtime.parallel import check_topology
 from runtime.registry import adapt_callbacks
-from runtime.resume import ResumePoint, check_state_keys, checkpoint_of, load_for_resume, restore
+from runtime.resume import (
+    ResumePoint,
+    check_state_keys,
+    checkpoint_of,
+    load_for_resume,
+    restore,
+    restore_training_state,
+)
 from runtime.state import LoopState
 from runtime.tracking import Tracker, create_tracker
 from runtime.tracking.local import run_dir_of
@@ -136,6 +143,8 @@ class RuntimeCore:
         self._val_pending = False
         self._logged_step = -1
         self._resume: ResumePoint | None = None
+        self._training_state: tuple[dict[str, Any], str | os.PathLike[str]] | None = None
+        """The resumed checkpoint and its path until its optimizer states are loaded."""
         self._resuming: str | os.PathLike[str] | None = None
         """The checkpoint the running fit resumes from, known before the tracker opens: a
         checkpoint inside a run folder reopens that folder (see :meth:`_open_tracker`)."""
@@ -384,8 +393,15 @@ class RuntimeCore:
         checkpoint = load_for_resume(self, path)
         self.bus.event.load_checkpoint.emit(self, checkpoint=checkpoint)
         self._resume = restore(self, checkpoint, path)
+        self._training_state = (checkpoint, path)  # optimizers: after fit_start (Lightning's order)
         if self.tracker is not None:  # a reopened run folder drops the records after this step
             self.tracker.resume_at(self.state.global_step)
+
+    def _restore_training_state(self) -> None:
+        """Load the resumed checkpoint's optimizer / scheduler / scaler states, once."""
+        if self._training_state is not None:
+            restore_training_state(self, *self._training_state)
+            self._training_state = None
 
 
 def _close_at_exit(runtime_ref: weakref.ref[RuntimeCore]) -> None:

@@ -39,7 +39,8 @@ the step, with ``global_step`` counted and ``batch_idx`` the batches done; from
 ``<stage>_start`` to ``<stage>_end`` the module is in eval mode and gradients are off;
 ``*_epoch_end`` sees the epoch's metrics reduced in ``state.metrics``; ``save_checkpoint``
 gets the complete dict (what a receiver adds is written); ``load_checkpoint`` comes after the
-weights are loaded and before the optimizer, callbacks and loop position.
+weights are loaded and before the callbacks' states and the loop position; the optimizer,
+scheduler and scaler states load after ``fit_start`` (Lightning's order).
 On an error: ``exception(exception)`` fires once and the error propagates. Checkpoints:
 ``save_checkpoint(checkpoint)`` before a write, ``load_checkpoint(checkpoint)`` on resume.
 """

@@ -83,6 +83,7 @@ class Runtime(RuntimeCore):
             if ckpt_path is not None:
                 self._restore(ckpt_path)
             ev.fit_start.emit(self)
+            self._restore_training_state()  # after fit_start, as Lightning
 
             if val_loader is not None and cfg.num_sanity_val_steps != 0 and st.num_val_batches:
                 with isolated_rng():  # as Lightning: the check draws nothing from training's stream

@@ -248,8 +248,23 @@ def _listed(items: Sequence[str], shown: int = 3) -> str:
     return ", ".join(items[:shown]) + more
 
 
+def restore_training_state(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Load the optimizer / scheduler / scaler states. The fit loop calls it after
+    ``fit_start``, as Lightning restores them after ``on_fit_start`` (a callback such as
+    ``BaseFinetuning`` adds its parameter groups there first)."""
+    _load_optimizers(runtime, checkpoint.get("optimizer_states", []), path)
+    for config, state in zip(runtime.lr_scheduler_configs, checkpoint.get("lr_schedulers", []), strict=False):
+        config.scheduler.load_state_dict(state)
+    scaler_state = next(
+        (checkpoint[k] for k in ("scaler", "MixedPrecision", "native_amp_scaling_state") if checkpoint.get(k)), None
+    )
+    if runtime.scaler is not None and scaler_state:
+        runtime.scaler.load_state_dict(scaler_state)
+
+
 def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> ResumePoint | None:
-    """Load callbacks, optimizer / schedulers / scaler and the loop position from ``checkpoint``.
+    """Load the callbacks' states and the loop position from ``checkpoint`` (the optimizers
+    follow after ``fit_start``: :func:`restore_training_state`).
 
     Returns where the fit loop resumes, or None for a Lightning checkpoint (it resumes at
     the epoch boundary its loop counters name, with the random generators as they are).
@@ -259,14 +274,6 @@ def restore(runtime: Runtime, checkpoint: dict[str, Any], path: str | os.PathLik
         key = state_key(callback)
         if key in states and callable(getattr(callback, "load_state_dict", None)):
             callback.load_state_dict(states[key])  # type: ignore[attr-defined]
-    _load_optimizers(runtime, checkpoint.get("optimizer_states", []), path)
-    for config, state in zip(runtime.lr_scheduler_configs, checkpoint.get("lr_schedulers", []), strict=False):
-        config.scheduler.load_state_dict(state)
-    scaler_state = next(
-        (checkpoint[k] for k in ("scaler", "MixedPrecision", "native_amp_scaling_state") if checkpoint.get(k)), None
-    )
-    if runtime.scaler is not None and scaler_state:
-        runtime.scaler.load_state_dict(scaler_state)
     runtime.accumulate_grad_batches = int(
         checkpoint.get("accumulate_grad_batches", runtime.accumulate_grad_batches)
     )
