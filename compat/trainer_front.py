@@ -250,6 +250,15 @@ class Trainer(TrainerFacade):
 
         return run
 
+    def _epoch_metrics(
+        self, fn: str, model: nn.Module | None, loaders: Any, ckpt_path: Any, datamodule: Any
+    ) -> list[dict[str, float]]:
+        """``validate`` / ``test``: one pass, its epoch metrics as Lightning returns them (one
+        dict per loader; busloop takes one loader per stage)."""
+        run = self._evaluate(fn, model, loaders, ckpt_path, datamodule)
+        with self._call(fn, model) as rt:
+            return [dict(run(rt))]
+
     def validate(
         self,
         model: nn.Module | None = None,
@@ -259,10 +268,7 @@ class Trainer(TrainerFacade):
         datamodule: Any = None,
     ) -> list[dict[str, float]]:
         """One validation pass; Lightning's result: one dict of epoch metrics per loader."""
-        run = self._evaluate("validate", model, dataloaders, ckpt_path, datamodule)
-        with self._call("validate", model) as rt:
-            metrics = run(rt)
-        return [dict(metrics)]
+        return self._epoch_metrics("validate", model, dataloaders, ckpt_path, datamodule)
 
     def test(
         self,
@@ -273,10 +279,7 @@ class Trainer(TrainerFacade):
         datamodule: Any = None,
     ) -> list[dict[str, float]]:
         """One test pass; Lightning's result: one dict of epoch metrics per loader."""
-        run = self._evaluate("test", model, dataloaders, ckpt_path, datamodule)
-        with self._call("test", model) as rt:
-            metrics = run(rt)
-        return [dict(metrics)]
+        return self._epoch_metrics("test", model, dataloaders, ckpt_path, datamodule)
 
     def predict(
         self,
