@@ -260,7 +260,12 @@ class TripleLRSGDStrategy(TrainingStrategy):
         if optimizer is None:
             return
         st = runtime.state
-        n = max(st.num_training_batches, 1)
+        if math.isinf(st.num_training_batches):
+            raise ConfigError(
+                f"{type(self).__name__}: the warmup is measured in epochs and the training loader has no "
+                "length; give it a __len__ or set an int trainer.limit_train_batches"
+            )
+        n = max(int(st.num_training_batches), 1)
         step = st.epoch * n + st.batch_idx
         total = self.warmup_steps(n)
         if step > total:

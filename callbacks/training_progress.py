@@ -39,7 +39,7 @@ class _StageClock:
 
     __slots__ = ("batches_since", "epoch_start", "last_publish", "total")
 
-    def __init__(self, total: int, now: float) -> None:
+    def __init__(self, total: int | float, now: float) -> None:
         self.total = total
         self.epoch_start = now
         self.last_publish = now
@@ -118,7 +118,7 @@ class TrainingProgressCallback(Callback):
             return False
         return True
 
-    def _start(self, runtime: Runtime, stage: str, total: int, done: int = 0) -> None:
+    def _start(self, runtime: Runtime, stage: str, total: int | float, done: int = 0) -> None:
         if not self._active(runtime):
             self._clocks.pop(stage, None)
             return

@@ -198,7 +198,7 @@ class ModelCheckpoint(Callback):
         if self.monitor is not None and self.monitor not in candidates:
             self._defer_save_until_validation = True
             return
-        last_batch = st.batch_idx >= st.num_training_batches > 0
+        last_batch = st.last_batch_done()
         if self.monitor is not None and not self._should_save_on_train_epoch_end(runtime) and last_batch:
             cfg = runtime.config.trainer
             every = cfg.check_val_every_n_epoch

@@ -19,7 +19,9 @@ The state (``n_averaged``, ``latest_update_epoch``, ``scheduler_state``,
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -223,7 +225,8 @@ class StochasticWeightAveraging(Callback):
         model.train()
         device = next(model.parameters()).device
         with torch.no_grad():
-            for _, batch in zip(range(runtime.state.num_training_batches), loader, strict=False):
+            n = runtime.state.num_training_batches  # inf: a loader without a length, to its end
+            for batch in itertools.islice(loader, None if math.isinf(n) else int(n)):
                 model(move_to_device(inputs_of(batch), device))
         model.train(was_training)
         for module, momentum in self.momenta.items():

@@ -140,19 +140,19 @@ class TrainerFacade:
         return float("inf") if st.sanity_checking else self.fit_loop.max_batches
 
     @property
-    def num_val_batches(self) -> list[int]:
+    def num_val_batches(self) -> list[int | float]:
         return [self._rt.state.num_val_batches]
 
     @property
-    def num_sanity_val_batches(self) -> list[int]:
+    def num_sanity_val_batches(self) -> list[int | float]:
         return [self._rt.state.num_sanity_val_batches]
 
     @property
-    def num_test_batches(self) -> list[int]:
+    def num_test_batches(self) -> list[int | float]:
         return [self._rt.state.num_test_batches]
 
     @property
-    def num_predict_batches(self) -> list[int]:
+    def num_predict_batches(self) -> list[int | float]:
         return [self._rt.state.num_predict_batches]
 
     @property
@@ -164,7 +164,7 @@ class TrainerFacade:
         self._rt.accumulate_grad_batches = int(value)
 
     @property
-    def estimated_stepping_batches(self) -> int:
+    def estimated_stepping_batches(self) -> int | float:
         st = self._rt.state
         per_epoch = -(-st.num_training_batches // max(1, self._rt.accumulate_grad_batches))
         total = per_epoch * st.max_epochs

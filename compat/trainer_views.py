@@ -6,6 +6,7 @@ loop-progress attributes they read). Each is a view over the Runtime, like the f
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from runtime import distributed as dist
 if TYPE_CHECKING:
     from compat.trainer import TrainerFacade
     from runtime.core import RuntimeCore as Runtime
+    from runtime.state import LoopState
 
 __all__ = ["FitLoop", "Strategy", "TrainerState"]
 
@@ -123,6 +125,13 @@ class _Progress:
         raise AttributeError(f"busloop's trainer facade has no loop attribute {name!r}")
 
 
+def _total_batches(st: LoopState) -> int:
+    """Training batches run in this fit: earlier epochs counted as full (their length is
+    unknown for a loader without one: only the running epoch's are counted then)."""
+    n = st.num_training_batches
+    return st.batch_idx if math.isinf(n) else st.epoch * int(n) + st.batch_idx
+
+
 def _batches_that_stepped(trainer: TrainerFacade) -> int:
     """Lightning's count of stepping batches: it grows after ``on_train_batch_end`` and after
     the validation that batch triggers, so inside that hook (the adapter flags it) and during
@@ -131,11 +140,11 @@ def _batches_that_stepped(trainer: TrainerFacade) -> int:
     in_batch_end = getattr(trainer, "_in_train_batch_end", False)
     after_batch = in_batch_end or (st.stage == "fit" and trainer.state.stage == "validate")
     if not rt.automatic_optimization:  # every batch counts once, however many optimizers step
-        done = st.epoch * st.num_training_batches + st.batch_idx
+        done = _total_batches(st)
         return done - 1 if after_batch else done
     if not after_batch:
         return st.global_step
-    stepped = st.batch_idx % max(1, rt.accumulate_grad_batches) == 0 or st.batch_idx >= st.num_training_batches
+    stepped = st.batch_idx % max(1, rt.accumulate_grad_batches) == 0 or st.last_batch_done()
     return st.global_step - 1 if stepped else st.global_step
 
 
@@ -150,7 +159,7 @@ class FitLoop:
         val_loop = _Progress(_has_run=lambda: st.history[-1]["stage"] == "val" if st.history else False)
         current = _Progress(ready=lambda: st.batch_idx, completed=lambda: st.batch_idx)
         batch_progress = _Progress(
-            is_last_batch=lambda: st.batch_idx >= st.num_training_batches > 0,
+            is_last_batch=st.last_batch_done,
             current=lambda: current,
         )
         self.epoch_loop = _Progress(
@@ -173,20 +182,21 @@ class FitLoop:
         return -1 if self._rt.state.max_steps is None else self._rt.state.max_steps
 
     @property
-    def max_batches(self) -> int:
+    def max_batches(self) -> int | float:
         """``trainer.num_training_batches``; writable: a callback may count extra batches
         (SWA adds one in its batch-norm epoch, so accumulation never completes early). The
-        loop still runs over the loader's batches and steps on the last one, as Lightning's."""
+        loop still runs over the loader's batches and steps on the last one, as Lightning's.
+        ``inf`` for a loader without a length stays ``inf``."""
         return self._rt.state.num_training_batches + self.extra_batches
 
     @max_batches.setter
-    def max_batches(self, value: int) -> None:
-        self.extra_batches = int(value) - self._rt.state.num_training_batches
+    def max_batches(self, value: int | float) -> None:
+        n = self._rt.state.num_training_batches
+        self.extra_batches = 0 if math.isinf(n) or math.isinf(value) else int(value) - int(n)
 
     @property
     def total_batch_idx(self) -> int:
-        st = self._rt.state
-        return st.epoch * st.num_training_batches + st.batch_idx
+        return _total_batches(self._rt.state)
 
     @property
     def _skip_backward(self) -> bool:

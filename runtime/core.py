@@ -44,6 +44,7 @@ from runtime.resume import (
 from runtime.state import LoopState
 from runtime.tracking import Tracker, create_tracker
 from runtime.tracking.local import run_dir_of
+from runtime.unsized import EpochEnd, check_val_check_interval, val_schedule
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -321,6 +322,7 @@ class RuntimeCore:
             self.loaders["val"] = val_loader
         st = self.state
         st.num_training_batches = as_count(num_batches(train_loader, self.config.trainer.limit_train_batches))
+        check_val_check_interval(self.config.trainer.val_check_interval, st.num_training_batches)
         st.num_val_batches = self._count_val_batches(val_loader)
 
     def _configure_optimization(self) -> None:
@@ -364,20 +366,24 @@ class RuntimeCore:
             return
         step_schedulers(self.lr_scheduler_configs, interval, index, self.state.metrics, plateau=plateau)
 
-    def _val_check_batches(self, n: int) -> int:
+    def _val_check_batches(self, n: int | EpochEnd) -> tuple[int | float, object]:
+        """``(every, end)``: validation is due after a batch when ``done % every == 0 or
+        done == end`` (an epoch of unknown length: :func:`runtime.unsized.val_schedule`)."""
         interval = self.config.trainer.val_check_interval
+        if isinstance(n, EpochEnd):
+            return val_schedule(interval, n)
         if isinstance(interval, float):
-            return n if interval >= 1.0 else max(1, int(n * interval))
-        return interval
+            return (n if interval >= 1.0 else max(1, int(n * interval))), n
+        return interval, n
 
     def _is_val_epoch(self) -> bool:
         every = self.config.trainer.check_val_every_n_epoch
         return every is None or (self.state.epoch + 1) % every == 0
 
-    def _count_val_batches(self, loader: Iterable[Any] | None) -> int:
+    def _count_val_batches(self, loader: Iterable[Any] | None) -> int | float:
         if loader is None:
             return 0
-        return as_count(num_batches(loader, self.config.trainer.limit_val_batches))
+        return as_count(num_batches(loader, self.config.trainer.limit_val_batches, "val"))
 
     def _max_steps_reached(self) -> bool:
         max_steps = self.state.max_steps
@@ -412,8 +418,6 @@ def _close_at_exit(runtime_ref: weakref.ref[RuntimeCore]) -> None:
             runtime.close()
 
 
-def as_count(value: float) -> int:
-    """A loader's batch count as an int; a loader without a length is a ConfigError."""
-    if math.isinf(value):
-        raise ConfigError("loaders without a length are not supported yet; give the dataset a __len__")
-    return int(value)
+def as_count(value: float) -> int | float:
+    """A loader's batch count: an int, or ``inf`` for a loader without a length (Lightning's)."""
+    return value if math.isinf(value) else int(value)

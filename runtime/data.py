@@ -47,11 +47,12 @@ def loader_length(loader: Iterable[Any]) -> float:
         return math.inf
 
 
-def num_batches(loader: Iterable[Any], limit: int | float | None) -> float:
-    """How many batches a stage runs: the loader's length cut by a ``limit_*_batches``.
+def num_batches(loader: Iterable[Any], limit: int | float | None, stage: str = "train") -> float:
+    """How many batches a stage runs: the loader's length cut by a ``limit_<stage>_batches``.
 
     ``None`` or ``1.0`` keeps everything, an int caps the count, a float takes that fraction
-    (rounded down, as Lightning does).
+    (rounded down, as Lightning does). A loader without a length runs ``inf`` batches (until
+    it runs out) or an int limit's; a fraction of it is refused, as by Lightning.
     """
     length = loader_length(loader)
     if limit is None or (isinstance(limit, float) and limit == 1.0):
@@ -59,7 +60,10 @@ def num_batches(loader: Iterable[Any], limit: int | float | None) -> float:
     if isinstance(limit, int):
         return min(length, float(limit))
     if math.isinf(length):
-        raise ValueError("a fractional limit_*_batches needs a loader with a length")
+        raise ConfigError(
+            f"trainer.limit_{stage}_batches: the {stage} loader has no length (an IterableDataset?), so it "
+            f"must be 1.0 or an int (the number of batches to run), got {limit}"
+        )
     return float(int(length * limit))
 
 
@@ -144,8 +148,9 @@ def iterate(loader: Iterable[Any], skip: int = 0, *, replay_persistent: bool = F
     as in an epoch that starts from batch 0: the iterator's base seed first, then the
     sampler's own seed (RandomSampler draws it from the global RNG when it starts). The
     skip is started before this function returns, so the caller may then restore the
-    random state it had when the skipped batches were trained. Other iterables are
-    advanced by consuming batches, which does load them.
+    random state it had when the skipped batches were trained. Other iterables, and
+    DataLoaders over an IterableDataset (whose sampler does not choose the data), are
+    advanced by fetching and dropping batches, which does load them.
 
     ``replay_persistent``: the epoch being replayed is not the first one of a loader with
     ``persistent_workers``. In an uninterrupted run such an epoch reuses the workers and draws
@@ -161,6 +166,9 @@ def iterate(loader: Iterable[Any], skip: int = 0, *, replay_persistent: bool = F
     )
     if skip <= 0 and not fresh_persistent:
         return iter(loader)
+    if isinstance(loader, DataLoader) and isinstance(loader.dataset, IterableDataset):
+        # Its sampler draws placeholder indices: the data comes from the dataset's iterator.
+        return _consumed(_fresh_iterator(loader, fresh_persistent), skip)
     if isinstance(loader, DataLoader) and loader.batch_sampler is not None:
         original = loader.batch_sampler
         # DataLoader forbids reassigning batch_sampler after __init__; the swap lasts only
@@ -184,11 +192,29 @@ def iterate(loader: Iterable[Any], skip: int = 0, *, replay_persistent: bool = F
         if isinstance(sampler_iterator, _SkippingIterator):
             sampler_iterator.start()
         return iterator
-    log.info("Skipping %d batches by loading them (the loader has no batch sampler)", skip)
-    consumed: Iterator[Any] = iter(loader)
+    return _consumed(iter(loader), skip)
+
+
+def _fresh_iterator(loader: DataLoader[Any], fresh_persistent: bool) -> Iterator[Any]:
+    """``iter(loader)``; replaying a later epoch of persistent workers, with its base seed
+    drawn from a throwaway generator (see :func:`iterate`)."""
+    if not fresh_persistent:
+        return iter(loader)
+    loader.generator = torch.Generator()
+    try:
+        return iter(loader)
+    finally:
+        loader.generator = None
+
+
+def _consumed(batches: Iterator[Any], skip: int) -> Iterator[Any]:
+    """``batches`` after fetching and dropping the first ``skip`` (a loader that cannot skip
+    at the sampler: an IterableDataset, a generator)."""
+    if skip > 0:
+        log.info("Skipping %d batches by loading them (the loader cannot skip by sampler)", skip)
     for _ in range(skip):
-        next(consumed, None)
-    return consumed
+        next(batches, None)
+    return batches
 
 
 def set_sampler_epoch(loader: Iterable[Any], epoch: int) -> None:

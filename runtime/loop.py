@@ -17,6 +17,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
+from itertools import count
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from runtime.module import inputs_of, plain_loss, step_loss
 from runtime.optim import clip_gradients, zero_grad
 from runtime.resume import epoch_batches
 from runtime.state import LoopState
+from runtime.unsized import epoch_indices
 
 log = logging.getLogger("busloop")
 
@@ -123,25 +125,27 @@ class Runtime(RuntimeCore):
     def _train_epoch(self, loader: Iterable[Any], val_loader: Iterable[Any] | None) -> None:
         """One training epoch: batches, validation when due, epoch end, plateau schedulers."""
         cfg, st, ev, metrics = self.config.trainer, self.state, self.bus.event, self.metrics
-        n = st.num_training_batches
+        unsized = math.isinf(st.num_training_batches)  # no length: see runtime.unsized
         resume, self._resume = self._resume, None
         skip = resume.batch_idx if resume else 0
         if resume is not None and resume.epoch_done:
             if resume.rng is not None:  # exact: the next epoch draws what the saved run drew
                 set_rng_state(resume.rng)
+            st.loader_done = unsized  # the saved epoch had run out
             self._finish_epoch(resumed_after_epoch_end=True)
             return
 
         if not self._bridge.lightning_style:  # Lightning never calls train(): a submodule
             self._train_model.train()  # a LightningModule put in eval mode stays there
-        batches, self._epoch_rng = epoch_batches(loader, st.epoch, resume)  # exact resume
+        batches, self._epoch_rng = epoch_batches(loader, st.epoch, resume, st if unsized else None)  # exact resume
+        n, indices = epoch_indices(st, skip)  # an EpochEnd for n when unsized
 
         metrics.begin_stage("train")
         st.training = True
         ev.train_epoch_start.emit(self)
         self._sync_trainable()  # DDP: rebuild the wrapper if a callback (un)froze parameters
         validates = val_loader is not None and st.num_val_batches > 0 and self._is_val_epoch()
-        val_every = self._val_check_batches(n)
+        val_every, val_end = self._val_check_batches(n)
         if resume is not None and resume.val_pending and val_loader is not None and validates:
             self._validation_block(val_loader)  # due after the checkpointed batch, not yet run
 
@@ -153,7 +157,7 @@ class Runtime(RuntimeCore):
         log_every, last_logged = cfg.log_every_n_steps, self._logged_step
         max_steps = math.inf if st.max_steps is None else st.max_steps
         self._val_pending = False
-        for batch_idx, batch in zip(range(skip, n), batches, strict=False):  # range first: no extra fetch
+        for batch_idx, batch in zip(indices, batches, strict=False):  # indices first: no extra fetch
             if transfer is not None:  # to the device, through the model's batch-transfer hooks
                 batch = transfer(batch)
             metrics.batch, metrics.batch_size = batch, None
@@ -161,7 +165,7 @@ class Runtime(RuntimeCore):
             outputs = training_batch(batch, batch_idx, batch_idx + 1 == n)
             st.batch_idx = done = batch_idx + 1
             if validates:
-                self._val_pending = done % val_every == 0 or done == n
+                self._val_pending = done % val_every == 0 or done == val_end
             if batch_end.dispatch: batch_end.emit(self, outputs=outputs, batch=batch, batch_idx=batch_idx)  # noqa: E701
             if st.global_step % log_every == 0 and st.global_step != last_logged:
                 self._log_step_metrics()
@@ -255,10 +259,11 @@ class Runtime(RuntimeCore):
             self._publish_epoch_metrics("train", self.metrics.reduce("train"))
             self.metrics.end_epoch("train")
             self._log_epoch_summary()
-        if st.batch_idx >= st.num_training_batches:
+        if st.batch_idx >= st.num_training_batches or st.loader_done:
             self._step_schedulers("epoch", st.epoch + 1, plateau=True)
         st.epoch += 1
         st.batch_idx = 0
+        st.loader_done = False
         self._epoch_rng = None
 
     # ------------------------------------------------------------------ evaluation
@@ -333,12 +338,13 @@ class Runtime(RuntimeCore):
             if dm is not None:
                 loader = loader_of(dm, fn)
             assert loader is not None
-            count = as_count(num_batches(loader, limit))
-            setattr(st, f"num_{'val' if stage == 'validation' else stage}_batches", count)
+            short = "val" if stage == "validation" else stage
+            total = as_count(num_batches(loader, limit, short))
+            setattr(st, f"num_{short}_batches", total)
             self.model.to(self.device)
             modes = self._eval_mode(stage)
             try:
-                metrics = self._eval_epoch(stage, loader, count)
+                metrics = self._eval_epoch(stage, loader, total)
             finally:
                 self._restore_mode(stage, modes)
             if dm is not None:
@@ -347,7 +353,7 @@ class Runtime(RuntimeCore):
         return metrics
 
     @torch.no_grad()  # from <stage>_start to <stage>_end, as Lightning's evaluation loop
-    def _eval_epoch(self, stage: str, loader: Iterable[Any], max_batches: int) -> dict[str, float]:
+    def _eval_epoch(self, stage: str, loader: Iterable[Any], max_batches: int | float) -> dict[str, float]:
         """One evaluation epoch of ``stage`` ("validation", "test", "predict"): every event of
         the block sees the module in eval mode and gradients off."""
         signal = self.bus.signal
@@ -361,7 +367,7 @@ class Runtime(RuntimeCore):
         epoch_start.emit(self)
         with torch.no_grad():
             batches = iterate(loader)
-            for batch_idx in range(max_batches):
+            for batch_idx in count() if math.isinf(max_batches) else range(int(max_batches)):
                 batch = next(batches, None)
                 if batch is None:
                     break

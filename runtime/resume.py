@@ -12,6 +12,7 @@ continues the saved random stream, so a resumed run equals an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,8 @@ from runtime.lightning_ckpt import (
     lightning_resume_epoch,
     loops_state,
 )
+from runtime.state import LoopState
+from runtime.unsized import Lookahead
 
 if TYPE_CHECKING:
     from runtime.core import RuntimeCore as Runtime
@@ -79,7 +82,7 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
     The dict is also a Lightning 2.6 checkpoint (see :mod:`runtime.lightning_ckpt`).
     """
     st = runtime.state
-    epoch_done = st.training is False and st.batch_idx >= st.num_training_batches > 0
+    epoch_done = st.training is False and st.last_batch_done()
     callback_states: dict[str, Any] = {}
     for callback in runtime.callbacks:
         state_dict = getattr(callback, "state_dict", None)
@@ -154,13 +157,23 @@ def _restore_window_grads(runtime: Runtime, grads: list[Any] | None, path: str |
         param.grad = None if grad is None else grad.to(device=param.device, dtype=param.dtype)
 
 
+def _epoch_length(st: LoopState, epoch_done: bool) -> int:
+    """The epoch length Lightning's counters are written with. Unknown (a loader without a
+    length): the batches trained so far, one more while the epoch runs (not its last batch yet);
+    earlier epochs are counted as that long."""
+    n = st.num_training_batches
+    if not math.isinf(n):
+        return int(n)
+    return st.batch_idx if epoch_done or st.loader_done else st.batch_idx + 1
+
+
 def _lightning_entries(runtime: Runtime, epoch_done: bool) -> dict[str, Any]:
     """What Lightning's Trainer and ``load_from_checkpoint`` read beyond the shared keys."""
     st, dm = runtime.state, runtime.datamodule
     fit_loop = fit_loop_state(
         epoch=st.epoch,
         batch_idx=st.batch_idx,
-        num_batches=st.num_training_batches,
+        num_batches=_epoch_length(st, epoch_done),
         global_step=st.global_step,
         epoch_done=epoch_done,
     )
@@ -354,23 +367,29 @@ def _load_optimizers(runtime: Runtime, states: list[Any], path: str | os.PathLik
 
 
 def epoch_batches(
-    loader: Iterable[Any], epoch: int, resume: ResumePoint | None
+    loader: Iterable[Any], epoch: int, resume: ResumePoint | None, lookahead: LoopState | None = None
 ) -> tuple[Iterator[Any], dict[str, Any]]:
     """The epoch's batches (from the resume position) and the RNG state at the epoch's start.
 
     Exact resume: replay the epoch's start (same shuffle, same worker seeds), skip the
-    batches already trained at the sampler level, then continue the saved random stream.
+    batches already trained (at the sampler level; a loader without one, such as an
+    IterableDataset's, by fetching and dropping them), then continue the saved random stream.
+    ``lookahead``: the epoch has no known length; its batches come through a
+    :class:`runtime.unsized.Lookahead` that flags the last one on this state.
     """
     set_sampler_epoch(loader, epoch)
     if resume is None:
         epoch_rng = rng_state()
-        return iterate(loader), epoch_rng
+        batches = iterate(loader)
+        return (batches if lookahead is None else Lookahead(batches, lookahead)), epoch_rng
     if resume.epoch_rng is not None:
         set_rng_state(resume.epoch_rng)
     elif resume.rng is not None:
         set_rng_state(resume.rng)
     epoch_rng = rng_state()
     batches = iterate(loader, resume.batch_idx, replay_persistent=epoch > 0)
+    if lookahead is not None:  # fetched ahead before the saved stream, as in the saved run
+        batches = Lookahead(batches, lookahead, resumed=resume.batch_idx > 0)
     if resume.epoch_rng is not None and resume.rng is not None:
         set_rng_state(resume.rng)
     return batches, epoch_rng

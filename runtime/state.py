@@ -31,11 +31,17 @@ class LoopState:
     stop_reason: str | None = None
     interrupted: bool = False
     """Set when a graceful interrupt stopped training."""
-    num_training_batches: int = 0
-    num_val_batches: int = 0
-    num_test_batches: int = 0
-    num_predict_batches: int = 0
-    num_sanity_val_batches: int = 0
+    num_training_batches: int | float = 0
+    """Batches per training epoch; ``inf`` for a loader without a length (and no int
+    ``limit_train_batches``), as Lightning's. The ``num_*_batches`` below likewise."""
+    num_val_batches: int | float = 0
+    num_test_batches: int | float = 0
+    num_predict_batches: int | float = 0
+    num_sanity_val_batches: int | float = 0
+    loader_done: bool = False
+    """An epoch of unknown length: True from the moment its last batch was fetched (the loader
+    had no next one) until the epoch ends; Lightning's ``is_last_batch``. Always False for
+    sized loaders: their last batch is ``batch_idx == num_training_batches``."""
     metrics: dict[str, float] = attrs.field(factory=dict)
     """Epoch-reduced metrics: ``train/...``, ``val/...``, ``test/...`` (callback_metrics)."""
     logged_metrics: dict[str, float] = attrs.field(factory=dict)
@@ -47,6 +53,10 @@ class LoopState:
     """The latest per-step values logged in this epoch (tensors; for progress bars)."""
     history: list[dict[str, Any]] = attrs.field(factory=list)
     """One entry per epoch-metrics reduction: {"stage", "epoch", "global_step", metrics...}."""
+
+    def last_batch_done(self) -> bool:
+        """Whether the training batch that finished last was the epoch's last one."""
+        return self.batch_idx >= self.num_training_batches > 0 or self.loader_done
 
     def clear_metrics(self) -> None:
         """Forget every logged value (Lightning does this after the sanity check)."""

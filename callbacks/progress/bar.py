@@ -10,6 +10,7 @@ clock read when a live bar is drawn; it reads the (device-synced) loss only when
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -112,7 +113,7 @@ class ProgressBarBase(Callback):
         """Whether live bars are drawn (the output is a terminal)."""
         raise NotImplementedError
 
-    def _open_bar(self, key: str, description: str, total: int, completed: int) -> None:
+    def _open_bar(self, key: str, description: str, total: int | None, completed: int) -> None:
         raise NotImplementedError
 
     def _update_bar(self, key: str, completed: int, postfix: str) -> None:
@@ -134,11 +135,12 @@ class ProgressBarBase(Callback):
         raise NotImplementedError
 
     # -- shared helpers -------------------------------------------------------------------
-    def _start(self, key: str, description: str, total: int, completed: int = 0) -> None:
+    def _start(self, key: str, description: str, total: int | float, completed: int = 0) -> None:
+        """Open a bar; a loader without a length (``total`` inf) gets one without a total."""
         if self._enabled and self.is_live and total > 0:
-            self._open_bar(key, description, total, completed)
+            self._open_bar(key, description, None if math.isinf(total) else int(total), completed)
             self._next_refresh[key] = 0.0
-            self._totals[key] = total
+            self._totals[key] = 0 if math.isinf(total) else int(total)
 
     def _tick(self, runtime: Runtime, key: str, prefix: str, completed: int) -> None:
         """Per batch: one clock read; refresh when the interval has passed."""

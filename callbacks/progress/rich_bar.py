@@ -66,7 +66,7 @@ class LuxonisRichProgressBar(ProgressBarBase):
             self._progress.start()
         return self._progress
 
-    def _open_bar(self, key: str, description: str, total: int, completed: int) -> None:
+    def _open_bar(self, key: str, description: str, total: int | None, completed: int) -> None:
         progress = self._ensure_progress()
         if key in self._tasks:
             progress.remove_task(self._tasks.pop(key))

@@ -43,7 +43,7 @@ class LuxonisTQDMProgressBar(ProgressBarBase):
         except ValueError:  # closed stream
             return False
 
-    def _open_bar(self, key: str, description: str, total: int, completed: int) -> None:
+    def _open_bar(self, key: str, description: str, total: int | None, completed: int) -> None:
         from tqdm import tqdm
 
         if key in self._bars:
