@@ -288,17 +288,20 @@ def distributed_loader(loader: Any, *, shuffle: bool | None = None, seed: int = 
     default sampler becomes a DistributedSampler (shuffled when the loader shuffles; ``seed``
     seeds the shuffle); a custom one (e.g. WeightedRandomSampler) is kept and wrapped in
     :class:`RankShare`. Loaders that already shard (a DistributedSampler, a batch sampler
-    with ``num_replicas``) and iterables that are not DataLoaders are returned unchanged; a
-    custom batch sampler that does not shard is an error (busloop cannot split it).
+    with ``num_replicas``), DataLoaders over an IterableDataset and iterables that are not
+    DataLoaders are returned unchanged (as Lightning does; the last two with a warning: each
+    rank reads the whole stream unless it shards itself); a custom batch sampler that does not
+    shard is an error (busloop cannot split it).
     """
-    if not isinstance(loader, DataLoader) or loader.batch_sampler is None and loader.sampler is None:
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        _warn_unsharded(loader)
+        return loader
+    if loader.batch_sampler is None and loader.sampler is None:
         return loader
     if _distributed_aware(loader.sampler) or _distributed_aware(loader.batch_sampler):
         return loader
     batch_sampler = loader.batch_sampler
     if batch_sampler is None or type(batch_sampler) is not BatchSampler:
-        if isinstance(loader.dataset, IterableDataset):
-            return loader  # an iterable dataset shards itself (get_worker_info / the rank)
         raise ConfigError(
             f"the loader's batch_sampler {type(batch_sampler).__name__} does not split the data "
             "across ranks (no num_replicas); give it a DistributedSampler or shard it by rank"
@@ -322,6 +325,18 @@ def distributed_loader(loader: Any, *, shuffle: bool | None = None, seed: int = 
     object.__setattr__(sharded, "batch_sampler", BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last))
     object.__setattr__(sharded, "_iterator", None)
     return sharded
+
+
+def _warn_unsharded(loader: object) -> None:
+    """A source no sampler can split (an IterableDataset, a generator) is every rank's whole
+    stream unless it shards itself by rank, as under Lightning: say so (rank zero, per loader)."""
+    if world_size() > 1 and global_rank() == 0:
+        log.warning(
+            "%s has no sampler to split across %d ranks: every rank reads all of it unless it "
+            "shards itself (torch.distributed.get_rank()); ranks must yield the same number of batches",
+            type(getattr(loader, "dataset", loader)).__name__,
+            world_size(),
+        )
 
 
 def _draws_differently(sampler: Sampler[int]) -> bool:

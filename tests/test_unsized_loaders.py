@@ -10,6 +10,7 @@ resume one mid-epoch.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +18,14 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader, IterableDataset
 
 from conftest import SaveAndStop, base_config, make_data, make_model
 from runtime import Callback, Runtime
+from runtime.cli import main as cli_main
+from runtime.data import distributed_loader
 from runtime.errors import ConfigError
 from runtime.tracking import NullTracker
 
@@ -340,3 +344,45 @@ def test_resume_mid_epoch_of_an_iterable_dataset_loader_skips_its_data(tmp_path:
     expected = [x for x, _ in loader()]
     assert [b.tolist() for b in seen] == [b.tolist() for b in expected[3:] + expected]
     assert torch.equal(straight.model.weight, resumed.model.weight)
+
+
+def test_under_two_ranks_an_iterable_source_is_left_whole_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No sampler can split an IterableDataset or a generator (Lightning adds none either):
+    the loader is returned as it is, and rank zero says that every rank reads all of it."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    stream, generated = _stream(44, 1), Generated(40)
+    with caplog.at_level("WARNING", logger="busloop.data"):
+        assert distributed_loader(stream) is stream
+        assert distributed_loader(generated) is generated
+    assert [r.getMessage().split(" has no sampler")[0] for r in caplog.records] == [
+        "Stream",
+        "Generated",
+    ]
+    assert "every rank reads all of it" in caplog.records[0].getMessage()
+    assert len(list(stream)) == 6  # still the whole stream, nothing drawn from an endless sampler
+
+
+def generated_loaders() -> dict[str, Generated]:
+    """A data factory for ``busloop train``: generator-backed loaders without a length."""
+    return {"train": Generated(88), "val": Generated(40), "test": Generated(40)}
+
+
+def test_busloop_train_on_a_factory_of_generators(tmp_path: Path) -> None:
+    config = {
+        "model": {"factory": "conftest:make_model", "params": {"seed": 2}},
+        "data": {"factory": "test_unsized_loaders:generated_loaders"},
+        "loss": "torch.nn.functional:cross_entropy",
+        "optimizer": {"name": "SGD", "params": {"lr": 0.1}},
+        "trainer": {"epochs": 2, "seed": 0, "num_sanity_val_steps": 2},
+        "tracker": {"save_directory": str(tmp_path / "runs")},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli_main(["train", str(path)]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows if "val/loss" in row] == [0, 1]
+    assert max(row["step"] for row in rows) == 12  # two epochs of 6 batches
