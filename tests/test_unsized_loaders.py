@@ -10,6 +10,7 @@ resume one mid-epoch.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import yaml
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader, IterableDataset
 
+from callbacks.progress import LuxonisRichProgressBar, LuxonisTQDMProgressBar
 from conftest import SaveAndStop, base_config, make_data, make_model
 from runtime import Callback, Runtime
 from runtime.cli import main as cli_main
@@ -386,3 +388,19 @@ def test_busloop_train_on_a_factory_of_generators(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows if "val/loss" in row] == [0, 1]
     assert max(row["step"] for row in rows) == 12  # two epochs of 6 batches
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("bar_cls", [LuxonisTQDMProgressBar, LuxonisRichProgressBar])
+def test_progress_bars_show_no_total_for_a_loader_without_a_length(bar_cls: type) -> None:
+    out = _Terminal()
+    _runtime([bar_cls(refresh_interval=0, file=out)], epochs=1).fit(Generated(88), Generated(40))
+    printed = out.getvalue()
+    assert "Epoch 1/1" in printed and "[Epoch 1/1] Duration: " in printed
+    assert "6/6" not in printed and "3/3" not in printed  # a sized loader's bar would say so
+    if bar_cls is LuxonisTQDMProgressBar:
+        assert "6it" in printed and "3it" in printed  # counts without a total
