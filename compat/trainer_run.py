@@ -91,7 +91,10 @@ class FrontRuntime(Runtime):
     def _use_fit_loaders(self, train_loader: Iterable[Any] | None, val_loader: Iterable[Any] | None) -> None:
         if self.front._args.overfit_batches > 0 and train_loader is not None:
             train_loader = in_order(train_loader)
-        super()._use_fit_loaders(train_loader, val_loader)
+        try:
+            super()._use_fit_loaders(train_loader, val_loader)
+        except ConfigError as exc:  # a limit that does not fit the loaders: Lightning's error type too
+            raise misconfiguration(str(exc)) from None
 
     def _finish_epoch(self, *, resumed_after_epoch_end: bool = False) -> None:
         super()._finish_epoch(resumed_after_epoch_end=resumed_after_epoch_end)

@@ -212,8 +212,9 @@ def test_fractions_of_an_unknown_length_are_refused_as_by_lightning(
 ) -> None:
     with pytest.raises(MisconfigurationException, match="IterableDataset"):
         _fit(pl.Trainer, tmp_path / "lightning", **kwargs)
-    with pytest.raises(ConfigError) as raised:
+    with pytest.raises(MisconfigurationException) as raised:  # compat.Trainer: Lightning's type too
         _fit(Trainer, tmp_path / "busloop", **kwargs)
+    assert isinstance(raised.value, ConfigError)
     message = str(raised.value)
     assert message.startswith(key) and "\n" not in message and "0.5" in message
 
@@ -277,6 +278,17 @@ def test_native_fit_on_a_generator_knows_the_last_batch_and_validates_after_it()
     assert set(rt.validate(Generated(40))) == {"val/loss"}
     assert rt.state.num_val_batches == math.inf
     assert len(rt.predict(Generated(40))) == 3
+
+
+def test_native_fit_refuses_a_fraction_of_an_unknown_length_in_one_line() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^trainer\.limit_train_batches: the train loader has no length"
+    ):
+        _runtime([], limit_train_batches=0.25).fit(Generated(88))
+    with pytest.raises(
+        ConfigError, match=r"^trainer\.limit_test_batches: the test loader has no length"
+    ):
+        _runtime([], limit_test_batches=0.25).test(Generated(40))
 
 
 def test_native_fit_with_an_int_limit_and_max_steps_on_a_generator() -> None:
