@@ -296,7 +296,12 @@ def _check(callback: object, runtime: Runtime) -> None:
     for needy, attribute in NEEDS_MODULE_ATTRIBUTE.items():
         if needy in classes and not hasattr(runtime.model, attribute):
             raise ConfigError(f"{name}: needs pl_module.{attribute}, which {type(runtime.model).__name__} does not have")
-    if classes & NEEDS_LOGGER and runtime.tracker is not None and not facade_loggers(runtime):
+    # Under compat.Trainer the stock callback raises Lightning's own error when the run starts,
+    # as under Lightning's Trainer; a bare Runtime (CLI, config) learns it here, before training.
+    from compat.trainer_run import FrontRuntime
+
+    front = isinstance(runtime, FrontRuntime)
+    if classes & NEEDS_LOGGER and not front and runtime.tracker is not None and not facade_loggers(runtime):
         raise ConfigError(
             f"{name}: needs a logger (trainer.loggers), but the Runtime's tracker "
             f"{type(runtime.tracker).__name__} logs nothing; give it a real tracker"

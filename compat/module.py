@@ -28,6 +28,7 @@ Lightning object, so it is installed); compat registers the bridge on import.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,10 @@ from compat.optimization import (
     LightningStrategy,
     ManualOptimization,
     check_manual_optimization,
+    skipped_step,
 )
 from compat.trainer import TrainerFacade
+from compat.trainer_defaults import misconfiguration
 from runtime.bus import MONITORED_EVENT
 from runtime.callback import Callback
 from runtime.module import BRIDGES, ModuleBridge
@@ -87,6 +90,7 @@ class LightningBridge(ModuleBridge):
         assert package is not None and bases is not None, "LightningBridge.accepts was not consulted"
         self.package, self.hook_bases = package, bases
         self.trainer: TrainerFacade | None = None
+        self._warned_skip = False
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
@@ -116,6 +120,19 @@ class LightningBridge(ModuleBridge):
         if any(self.overridden(name) is not None for name in OPTIMIZATION_HOOKS):
             return AutomaticOptimization(runtime, self.trainer.strategy)
         return None
+
+    def skipped_batch(self, runtime: Runtime, output: Any, batch_idx: int, is_last: bool) -> dict[str, Any]:
+        """Lightning's rule for a ``training_step`` that returned None (automatic optimization):
+        warn once per run, then zero_grad / optimizer step / step count as
+        :func:`compat.optimization.skipped_step`; a dict without ``"loss"`` is Lightning's error."""
+        if output is not None:
+            raise misconfiguration(
+                "In automatic_optimization, when `training_step` returns a dict, the 'loss' key needs to be present"
+            )
+        if not self._warned_skip:
+            self._warned_skip = True
+            warnings.warn("`training_step` returned `None`. If this was on purpose, ignore this warning...", stacklevel=2)
+        return skipped_step(runtime, batch_idx, is_last)
 
     def connect_hook(self, runtime: Runtime, event: str, receiver: Callable[..., None]) -> None:
         """After the callbacks; at ``train_epoch_end`` before the monitoring callbacks."""

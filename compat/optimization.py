@@ -33,7 +33,7 @@ from compat.trainer import TrainerFacade
 from compat.trainer_views import Strategy
 from runtime.errors import ConfigError
 from runtime.module import step_loss
-from runtime.optim import OptimizationError, clip_gradients
+from runtime.optim import OptimizationError, clip_gradients, zero_grad
 from runtime.parallel import prepare_backward
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ __all__ = [
     "ManualOptimization",
     "PrecisionPlugin",
     "check_manual_optimization",
+    "skipped_step",
 ]
 
 #: Module hooks that, when overridden, take a module off the lean path.
@@ -244,6 +245,34 @@ class ManualOptimization:
             f"training_step returned {type(output).__name__}: under manual optimization it must "
             "return a Tensor, a dict or None"
         )
+
+
+def skipped_step(runtime: Runtime, batch_idx: int, is_last: bool) -> dict[str, Any]:
+    """A lean-path batch whose ``training_step`` returned None, as Lightning's automatic
+    optimization runs it: the closure still zeroes the gradients (first batch of an accumulation
+    window) and skips only the backward; when the window closes, ``before_optimizer_step``,
+    clipping and the optimizer step still run (under a grad scaler neither unscale nor step), the
+    step is counted and step-interval schedulers step. The update applies whatever gradients the
+    window's earlier batches left (none after a zero_grad). Returns the batch's outputs: ``{}``."""
+    rt, ev, optimizer = runtime, runtime.bus.event, runtime.optimizer
+    assert optimizer is not None
+    accumulate = rt.accumulate_grad_batches
+    if batch_idx % accumulate == 0 and not rt.skip_backward:
+        if ev.before_zero_grad.dispatch: ev.before_zero_grad.emit(rt, optimizer=optimizer)  # noqa: E701
+        zero_grad(optimizer)
+    if accumulate == 1 or (batch_idx + 1) % accumulate == 0 or is_last:
+        if ev.before_optimizer_step.dispatch: ev.before_optimizer_step.emit(rt, optimizer=optimizer)  # noqa: E701
+        cfg = rt.config.trainer
+        if cfg.gradient_clip_val is not None:
+            clip_gradients(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
+        if rt.scaler is None:
+            optimizer.step()
+        rt.state.global_step += 1
+        if rt.lr_scheduler_configs:
+            rt._step_schedulers("step", batch_idx + 1)
+    if is_last and rt.lr_scheduler_configs:
+        rt._step_schedulers("epoch", rt.state.epoch + 1)
+    return {}
 
 
 def check_manual_optimization(runtime: Runtime) -> None:

@@ -114,6 +114,11 @@ class TrainerFacade:
         return self.state.stage == "test"
 
     @property
+    def evaluating(self) -> bool:
+        """Whether a validation, test or sanity check is running (Lightning's ``evaluating``)."""
+        return self.state.stage in ("validate", "test", "sanity_check")
+
+    @property
     def predicting(self) -> bool:
         return self.state.stage == "predict"
 
@@ -184,7 +189,37 @@ class TrainerFacade:
 
     @property
     def precision(self) -> str:
-        return str(self._rt.config.trainer.precision)
+        """Lightning's name of the precision: "32-true", "16-mixed" or "bf16-mixed"."""
+        precision = str(self._rt.config.trainer.precision)
+        return "32-true" if precision == "32" else precision
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The gradient scaler of "16-mixed" training, else None."""
+        return self._rt.scaler
+
+    @property
+    def num_sanity_val_steps(self) -> int | float:
+        """The validation batches the sanity check runs at most (``inf`` for -1: all)."""
+        steps = self._rt.config.trainer.num_sanity_val_steps
+        return float("inf") if steps < 0 else steps
+
+    @property
+    def val_check_batch(self) -> int | None:
+        """Training batches between two validations inside an epoch; None before a fit."""
+        if self._rt.train_loader is None:
+            return None
+        return self._rt._val_check_batches(self._rt.state.num_training_batches)
+
+    @property
+    def train_dataloader(self) -> Any:
+        """The loader the running (or last) fit trains on; None before a fit."""
+        return self._rt.train_loader
+
+    @property
+    def val_dataloaders(self) -> Any:
+        """The loader the running (or last) fit validates on; None without one."""
+        return self._rt.val_loader
 
     # ------------------------------------------------------------------ metrics
     @property

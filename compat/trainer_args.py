@@ -64,6 +64,7 @@ class TrainerArgs:
     detect_anomaly: bool
     inference_mode: bool
     enable_autolog_hparams: bool
+    barebones: bool
 
 
 def _epochs(max_epochs: int | None, max_steps: int, max_time: Any) -> int:
@@ -214,4 +215,5 @@ def parse_trainer_args(kw: dict[str, Any]) -> TrainerArgs:
         detect_anomaly=bool(kw["detect_anomaly"]),
         inference_mode=bool(kw["inference_mode"]),
         enable_autolog_hparams=bool(kw["enable_autolog_hparams"]),
+        barebones=bool(kw["barebones"]),
     )

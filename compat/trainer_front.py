@@ -34,7 +34,11 @@ from compat.trainer import TrainerFacade
 from compat.trainer_args import parse_trainer_args
 from compat.trainer_data import ModuleData, module_data, without_validation
 from compat.trainer_defaults import callback_role, default_callbacks, run_callbacks
-from compat.trainer_loggers import FolderLogger, is_lightning_logger, next_version, open_tracker
+from compat.trainer_env import defaults_from_env
+from compat.trainer_extras import FrontExtras
+from compat.trainer_interrupt import Shutdown
+from compat.trainer_loggers import LoggerFront, open_tracker
+from compat.trainer_results import print_results
 from compat.trainer_run import FrontFitLoop, FrontRuntime, FrontState, WriteThrough, one_loader
 from runtime.bus import CallbackError
 from runtime.errors import ConfigError
@@ -46,9 +50,10 @@ log = logging.getLogger("busloop")
 __all__ = ["Trainer"]
 
 
-class Trainer(TrainerFacade):
+class Trainer(LoggerFront, FrontExtras, TrainerFacade):
     """Lightning 2.6's ``Trainer`` on busloop (arguments: :func:`compat.trainer_args.parse_trainer_args`)."""
 
+    @defaults_from_env
     def __init__(  # noqa: PLR0913  (Lightning's signature)
         self,
         *,
@@ -106,6 +111,7 @@ class Trainer(TrainerFacade):
         self._model: nn.Module | None = None
         self._last_fn: str | None = None
         self._status = "initializing"
+        self._shutdown = Shutdown()
         self._bind(self._runtime_for(nn.Module()))
         self.fast_dev_run = args.fast_dev_run  # type: ignore[assignment]  # int or bool, as Lightning
 
@@ -145,7 +151,7 @@ class Trainer(TrainerFacade):
         self._model = model
         self._tracker, owned = open_tracker(self._logger_arg, self._run_dir() if self._logger_arg is True else None)
         self._last_fn, self._status, self._pending_stop = fn, "running", None
-        status = "failed"
+        self._shutdown, status = Shutdown(), "failed"
         anomaly = torch.autograd.set_detect_anomaly(True) if self._args.detect_anomaly else contextlib.nullcontext()
         try:  # a refused callback (at Runtime construction) still closes the tracker
             rt = self._runtime_for(model, run_callbacks(self._callbacks, model))
@@ -153,9 +159,8 @@ class Trainer(TrainerFacade):
             with anomaly:
                 yield rt
             status = "success"
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Lightning: announce, on_exception, teardown, then exit(1)
             status = "interrupted"
-            raise
         except CallbackError as exc:  # Lightning's trainer raises a hook's own error
             exc.original.add_note(f"busloop: raised by {exc.callback} in event '{exc.event}'")
             raise exc.original from None
@@ -163,6 +168,8 @@ class Trainer(TrainerFacade):
             self._status = "finished" if status == "success" else "interrupted"
             if owned:
                 self._tracker.finalize(status)
+        if status == "interrupted":
+            self._shutdown.finish()
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_path(self, ckpt_path: Any, fn: str, model_given: bool = True) -> str | None:
@@ -251,13 +258,16 @@ class Trainer(TrainerFacade):
         return run
 
     def _epoch_metrics(
-        self, fn: str, model: nn.Module | None, loaders: Any, ckpt_path: Any, datamodule: Any
+        self, fn: str, model: nn.Module | None, loaders: Any, ckpt_path: Any, datamodule: Any, verbose: bool = False
     ) -> list[dict[str, float]]:
         """``validate`` / ``test``: one pass, its epoch metrics as Lightning returns them (one
-        dict per loader; busloop takes one loader per stage)."""
+        dict per loader; busloop takes one loader per stage), printed as a table if verbose."""
         run = self._evaluate(fn, model, loaders, ckpt_path, datamodule)
         with self._call(fn, model) as rt:
-            return [dict(run(rt))]
+            results = [dict(run(rt))]
+        if verbose and self.is_global_zero:
+            print_results(results, fn)
+        return results
 
     def validate(
         self,
@@ -268,7 +278,7 @@ class Trainer(TrainerFacade):
         datamodule: Any = None,
     ) -> list[dict[str, float]]:
         """One validation pass; Lightning's result: one dict of epoch metrics per loader."""
-        return self._epoch_metrics("validate", model, dataloaders, ckpt_path, datamodule)
+        return self._epoch_metrics("validate", model, dataloaders, ckpt_path, datamodule, verbose)
 
     def test(
         self,
@@ -279,7 +289,7 @@ class Trainer(TrainerFacade):
         datamodule: Any = None,
     ) -> list[dict[str, float]]:
         """One test pass; Lightning's result: one dict of epoch metrics per loader."""
-        return self._epoch_metrics("test", model, dataloaders, ckpt_path, datamodule)
+        return self._epoch_metrics("test", model, dataloaders, ckpt_path, datamodule, verbose)
 
     def predict(
         self,
@@ -297,23 +307,6 @@ class Trainer(TrainerFacade):
         return None if return_predictions is False else list(predictions)
 
     # ------------------------------------------------------------------ what lives on the front
-    def _run_dir(self) -> Path | None:
-        """The run folder: Lightning's ``lightning_logs/version_<N>`` for ``logger=True``
-        (numbered on first use), the Lightning logger's or tracker's folder, else None."""
-        if self._logger_arg is True:
-            if self._version_dir is None:
-                root = Path(self._args.default_root_dir) / "lightning_logs"
-                self._version_dir = root / f"version_{next_version(root)}"
-            return self._version_dir
-        if self._logger_arg is False:
-            return None
-        first = self._logger_arg[0] if isinstance(self._logger_arg, list | tuple) else self._logger_arg
-        folder = getattr(first, "log_dir", None) if is_lightning_logger(first) else getattr(first, "run_dir", None)
-        return Path(folder) if folder else None
-
-    def _tracker_now(self) -> Tracker | None:
-        return self._tracker
-
     @property
     def callbacks(self) -> list[Any]:
         """The callbacks: the user's, then Lightning's defaults (checkpoints last); during a
@@ -330,37 +323,8 @@ class Trainer(TrainerFacade):
         return [c for c in self.callbacks if callback_role(c) == role]
 
     @property
-    def logger(self) -> Any:
-        loggers = self.loggers
-        return loggers[0] if loggers else None
-
-    @property
-    def loggers(self) -> list[Any]:
-        """Lightning's view: the user's Lightning loggers, or the run folder as one logger."""
-        arg = self._logger_arg
-        if arg is False:
-            return []
-        if arg is not True:
-            given = list(arg) if isinstance(arg, list | tuple) else [arg]
-            if all(is_lightning_logger(g) for g in given):
-                return given
-        return [self._folder_logger]
-
-    @property
-    def _folder_logger(self) -> FolderLogger:
-        if "_folder_logger_obj" not in self.__dict__:
-            self.__dict__["_folder_logger_obj"] = FolderLogger(self)
-        return self.__dict__["_folder_logger_obj"]  # type: ignore[no-any-return]
-
-    @property
     def default_root_dir(self) -> str:
         return self._args.default_root_dir
-
-    @property
-    def log_dir(self) -> str:
-        """The logger's folder (Lightning's ``trainer.log_dir``), else ``default_root_dir``."""
-        run_dir = self._run_dir()
-        return str(run_dir) if run_dir is not None else self.default_root_dir
 
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:

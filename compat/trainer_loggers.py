@@ -23,9 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from compat.trainer_parts import TrackerLogger
+from runtime.errors import ConfigError
 from runtime.tracking import LocalTracker, NullTracker, Tracker
 
-__all__ = ["FolderLogger", "LightningLoggerTracker", "is_lightning_logger", "log_hparams", "next_version", "open_tracker"]
+__all__ = [
+    "FolderLogger",
+    "LightningLoggerTracker",
+    "LoggerFront",
+    "is_lightning_logger",
+    "log_hparams",
+    "next_version",
+    "open_tracker",
+]
 
 
 def is_lightning_logger(obj: object) -> bool:
@@ -165,3 +174,86 @@ def log_hparams(tracker: Tracker | None, model: Any, datamodule: Any) -> None:
             params.update(dict(hparams))
     if params and tracker is not None:
         tracker.log_hyperparams(params)
+
+
+class LoggerFront:
+    """``trainer.logger`` / ``trainer.loggers`` / ``trainer.log_dir`` of :class:`compat.Trainer`,
+    readable and writable as on Lightning's trainer. Setting them (``trainer.logger =
+    CSVLogger(...)``, ``trainer.logger = None``, ``trainer.loggers = [...]``) changes the
+    ``logger=`` setting the next ``fit`` / ``validate`` / ``test`` / ``predict`` opens its tracker
+    from; a call already running keeps the tracker it opened."""
+
+    _logger_arg: Any
+    _version_dir: Path | None
+    _tracker: Tracker | None
+    _args: Any
+
+    def _run_dir(self) -> Path | None:
+        """The run folder: Lightning's ``lightning_logs/version_<N>`` for ``logger=True``
+        (numbered on first use), the Lightning logger's or tracker's folder, else None."""
+        if self._logger_arg is True:
+            if self._version_dir is None:
+                root = Path(self._args.default_root_dir) / "lightning_logs"
+                self._version_dir = root / f"version_{next_version(root)}"
+            return self._version_dir
+        if self._logger_arg is False:
+            return None
+        first = self._logger_arg[0] if isinstance(self._logger_arg, list | tuple) else self._logger_arg
+        folder = getattr(first, "log_dir", None) if is_lightning_logger(first) else getattr(first, "run_dir", None)
+        return Path(folder) if folder else None
+
+    def _tracker_now(self) -> Tracker | None:
+        return self._tracker
+
+    @property
+    def logger(self) -> Any:
+        loggers = self.loggers
+        return loggers[0] if loggers else None
+
+    @logger.setter
+    def logger(self, logger: Any) -> None:
+        self.loggers = [logger] if logger else []
+
+    @property
+    def loggers(self) -> list[Any]:
+        """Lightning's view: the user's Lightning loggers, or the run folder as one logger."""
+        arg = self._logger_arg
+        if arg is False:
+            return []
+        if arg is not True:
+            given = list(arg) if isinstance(arg, list | tuple) else [arg]
+            if all(is_lightning_logger(g) for g in given):
+                return given
+        return [self._folder_logger]
+
+    @loggers.setter
+    def loggers(self, loggers: Sequence[Any] | None) -> None:
+        """Lightning loggers and busloop trackers; ``trainer.logger`` read back (the run folder)
+        keeps the folder it stands for; None or ``[]``: no logger."""
+        given = list(loggers) if loggers else []
+        own = [g for g in given if isinstance(g, FolderLogger) and g._trainer is self]
+        if own and len(given) > 1:
+            raise ConfigError(
+                "trainer.loggers: the run-folder logger (trainer.logger of logger=True or of a busloop "
+                "tracker) cannot be combined with other loggers; give Lightning loggers or busloop trackers"
+            )
+        bad = [g for g in given if not (isinstance(g, Tracker | FolderLogger) or is_lightning_logger(g))]
+        if bad:
+            raise ConfigError(
+                f"trainer.loggers: {type(bad[0]).__name__} is neither a Lightning logger nor a busloop Tracker"
+            )
+        if own:
+            return  # the run folder it stands for stays the logger
+        self._logger_arg = (given[0] if len(given) == 1 else given) if given else False
+
+    @property
+    def _folder_logger(self) -> FolderLogger:
+        if "_folder_logger_obj" not in self.__dict__:
+            self.__dict__["_folder_logger_obj"] = FolderLogger(self)
+        return self.__dict__["_folder_logger_obj"]  # type: ignore[no-any-return]
+
+    @property
+    def log_dir(self) -> str:
+        """The logger's folder (Lightning's ``trainer.log_dir``), else ``default_root_dir``."""
+        run_dir = self._run_dir()
+        return str(run_dir) if run_dir is not None else str(self._args.default_root_dir)

@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from compat.trainer_args import UNBOUNDED_EPOCHS
+from compat.trainer_data import ModuleData
 from compat.trainer_defaults import misconfiguration
+from compat.trainer_interrupt import datamodule_on_exception
 from compat.trainer_views import FitLoop, TrainerState
 from runtime.errors import ConfigError
 from runtime.loop import Runtime
@@ -31,6 +33,14 @@ class FrontState(TrainerState):
     @property
     def fn(self) -> str | None:
         return super().fn or self._trainer._last_fn
+
+    @property
+    def stage(self) -> str | None:
+        """As Lightning: after Ctrl+C the stage it interrupted stays set."""
+        stage = super().stage
+        if stage is None and self._trainer._status == "interrupted":
+            return self._trainer._shutdown.stage
+        return stage
 
     @property
     def status(self) -> str:
@@ -99,6 +109,22 @@ class FrontRuntime(Runtime):
     def _finish_epoch(self, *, resumed_after_epoch_end: bool = False) -> None:
         super()._finish_epoch(resumed_after_epoch_end=resumed_after_epoch_end)
         self.release_stop()
+
+    def _report_exception(self, exc: BaseException) -> None:
+        """Lightning's order: the status is "interrupted" before the callbacks' ``on_exception``,
+        the datamodule's ``on_exception`` after them; Ctrl+C is announced as Lightning does."""
+        if getattr(exc, "_busloop_reported", False):
+            return
+        self.front._status = "interrupted"
+        if isinstance(exc, KeyboardInterrupt):
+            self.front._shutdown.begin(self.front.state.stage)
+        super()._report_exception(exc)
+        if self.datamodule is not None and not isinstance(self.datamodule, ModuleData):
+            datamodule_on_exception(self.datamodule, exc)
+
+    def _log_failure(self, exc: BaseException) -> None:
+        if not isinstance(exc, KeyboardInterrupt):  # Ctrl+C: Lightning's message, no traceback
+            super()._log_failure(exc)
 
     def _restore(self, path: str | os.PathLike[str]) -> None:
         super()._restore(path)

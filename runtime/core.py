@@ -276,13 +276,17 @@ class RuntimeCore:
             return
         with contextlib.suppress(AttributeError):
             exc._busloop_reported = True  # type: ignore[attr-defined]
-        log.error("Run failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        self._log_failure(exc)
         try:
             self.bus.event.exception.emit(self, exception=exc)
         except Exception as handler_error:  # a failing handler must not hide the real error
             log.error("While handling the error: %s", handler_error)
         if self.tracker is not None:
             self.tracker.finalize("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+
+    def _log_failure(self, exc: BaseException) -> None:
+        """Log the error that ends the run (a front may announce it its own way)."""
+        log.error("Run failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
 
     def _open_tracker(self) -> None:
         """The tracker the config describes. A fit that resumes from a checkpoint inside a

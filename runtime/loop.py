@@ -200,10 +200,8 @@ class Runtime(RuntimeCore):
             with self._autocast:
                 output = self._training_step(batch, batch_idx)
         loss = output if type(output) is torch.Tensor else step_loss(output)
-        if loss is None:  # the step asked to skip this batch (not the epoch's scheduler step)
-            if is_last and self.lr_scheduler_configs:
-                self._step_schedulers("epoch", self.state.epoch + 1)
-            return {} if output is None else dict(output)
+        if loss is None:  # the step asked to skip this batch: the bridge says what still runs
+            return self._bridge.skipped_batch(self, output, batch_idx, is_last)
         detached = loss.detach()  # one detach: the recorded loss and outputs["loss"]
         if self._records_loss:  # a plain module's loss is train/loss
             self.metrics.record_step("train/loss", detached)

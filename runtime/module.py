@@ -174,6 +174,17 @@ class ModuleBridge:
             )
         return None
 
+    def skipped_batch(self, runtime: Runtime, output: Any, batch_idx: int, is_last: bool) -> dict[str, Any]:
+        """A training batch whose step returned no loss (None, or a dict without ``"loss"``),
+        handed over by the loop's lean path. Here, for plain and duck-typed Lightning-style
+        modules, the batch is skipped whole: no zero_grad, no optimizer step, ``global_step``
+        unchanged; only the epoch's schedulers still step after the epoch's last batch. (A real
+        LightningModule's bridge runs Lightning's rule instead: the optimizer step still counts.)
+        Returns the batch's outputs."""
+        if is_last and runtime.lr_scheduler_configs:
+            runtime._step_schedulers("epoch", runtime.state.epoch + 1)
+        return {} if output is None else dict(output)
+
     def batch_transfer(self, device: torch.device) -> Callable[[Any], Any] | None:
         """How a batch reaches ``device``: through the model's ``on_before_batch_transfer``,
         ``transfer_batch_to_device`` and ``on_after_batch_transfer`` when it overrides any (with
