@@ -209,7 +209,8 @@ class TrainerFacade:
         """Training batches between two validations inside an epoch; None before a fit."""
         if self._rt.train_loader is None:
             return None
-        return self._rt._val_check_batches(self._rt.state.num_training_batches)
+        every, _ = self._rt._val_check_batches(self._rt.state.num_training_batches)
+        return every
 
     @property
     def train_dataloader(self) -> Any:
