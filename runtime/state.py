@@ -36,6 +36,15 @@ class LoopState:
     num_test_batches: int = 0
     num_predict_batches: int = 0
     num_sanity_val_batches: int = 0
+    """The ``num_*_batches`` counts are totals over a stage's loaders (see ``loader_batches``)."""
+    loader_batches: dict[str, list[int]] = attrs.field(factory=dict)
+    """Batches per loader of each evaluation ("val", "sanity_val", "test", "predict"), in
+    loader order: a stage given several loaders runs them one after the other."""
+    eval_loaders: int = 1
+    """How many loaders the running evaluation has; Lightning-style steps and batch hooks get
+    ``dataloader_idx`` only when there are several."""
+    eval_offset: int = 0
+    """Batches of the earlier loaders of the running evaluation (progress bars add it)."""
     metrics: dict[str, float] = attrs.field(factory=dict)
     """Epoch-reduced metrics: ``train/...``, ``val/...``, ``test/...`` (callback_metrics)."""
     logged_metrics: dict[str, float] = attrs.field(factory=dict)
