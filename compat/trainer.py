@@ -139,21 +139,25 @@ class TrainerFacade:
         st = self._rt.state
         return float("inf") if st.sanity_checking else self.fit_loop.max_batches
 
+    def _per_loader(self, split: str, total: int) -> list[int]:
+        """Lightning's per-loader batch counts (a stage may run several loaders)."""
+        return list(self._rt.state.loader_batches.get(split) or [total])
+
     @property
     def num_val_batches(self) -> list[int]:
-        return [self._rt.state.num_val_batches]
+        return self._per_loader("val", self._rt.state.num_val_batches)
 
     @property
     def num_sanity_val_batches(self) -> list[int]:
-        return [self._rt.state.num_sanity_val_batches]
+        return self._per_loader("sanity_val", self._rt.state.num_sanity_val_batches)
 
     @property
     def num_test_batches(self) -> list[int]:
-        return [self._rt.state.num_test_batches]
+        return self._per_loader("test", self._rt.state.num_test_batches)
 
     @property
     def num_predict_batches(self) -> list[int]:
-        return [self._rt.state.num_predict_batches]
+        return self._per_loader("predict", self._rt.state.num_predict_batches)
 
     @property
     def accumulate_grad_batches(self) -> int:
