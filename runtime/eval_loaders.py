@@ -100,15 +100,9 @@ def one_or_several(loaders: list[Iterable[Any]]) -> Iterable[Any]:
 
 def count_batches(data: Any, limit: int | float | None) -> list[int]:
     """Batches per loader of ``data`` with the stage's ``limit_*_batches`` applied to each."""
-    counts = []
-    for loader in as_loaders(data):
-        count = num_batches(loader, limit)
-        if count == float("inf"):
-            raise ConfigError(
-                "loaders without a length are not supported yet; give the dataset a __len__"
-            )
-        counts.append(int(count))
-    return counts
+    from runtime.core import as_count
+
+    return [as_count(num_batches(loader, limit)) for loader in as_loaders(data)]
 
 
 def distributed_loaders(data: Any) -> Any:

@@ -358,4 +358,5 @@ class LightningLog:
     def clear(self) -> None:
         """A new public run: eval logger steps start again from 0."""
         self._eval_steps.clear()
+        self.unlogged.clear()
 
