@@ -38,6 +38,7 @@ __all__ = [
     "DATALOADER_SUFFIX",
     "EvalLoaders",
     "EvalPass",
+    "LoaderIndexError",
     "as_loaders",
     "check_signatures",
     "count_batches",
@@ -141,6 +142,11 @@ def _needs_index(method: Callable[..., Any]) -> bool:
     return parameter is not None and parameter.default is inspect.Parameter.empty
 
 
+class LoaderIndexError(ConfigError, RuntimeError):
+    """A step or batch hook whose ``dataloader_idx`` does not fit the stage's loaders: a
+    ConfigError, and a RuntimeError as Lightning raises it (code that catches that still does)."""
+
+
 def check_signatures(model: Any, stage: str, several: bool, label: str) -> None:
     """Lightning's check of ``dataloader_idx`` in the step and batch hooks of a stage:
     required with several loaders, and without a default only then."""
@@ -148,16 +154,16 @@ def check_signatures(model: Any, stage: str, several: bool, label: str) -> None:
         method = getattr(model, name, None)
         if not callable(method):
             continue
-        where = f"{type(model).__name__}.{name}()"
+        where = f"`{type(model).__name__}.{name}()`"
         if several and not _takes(method, "dataloader_idx"):
-            raise ConfigError(
-                f"{label}: several loaders, but {where} has no dataloader_idx argument; "
+            raise LoaderIndexError(
+                f"{label}: several loaders, but no `dataloader_idx` argument in {where}; "
                 "add dataloader_idx=0 to its signature"
             )
         if not several and _needs_index(method):
-            raise ConfigError(
-                f"{label}: one loader, but {where} requires dataloader_idx; give it a default "
-                "(dataloader_idx=0) or remove it"
+            raise LoaderIndexError(
+                f"{label}: one loader, but you have included `dataloader_idx` in {where} without "
+                "a default; give it one (dataloader_idx=0) or remove it"
             )
 
 

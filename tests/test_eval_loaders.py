@@ -236,30 +236,49 @@ class NeedsIndex(TwoLoaders):
 
 @pytest.mark.parametrize(
     ("module", "loaders", "message"),
-    [(NoIndex, 2, "no `dataloader_idx` argument"), (NeedsIndex, 1, "give it a default value")],
+    [
+        (NoIndex, 2, "no `dataloader_idx` argument in `NoIndex.validation_step"),
+        (NeedsIndex, 1, "have included `dataloader_idx` in `NeedsIndex.validation_step"),
+    ],
 )
 def test_dataloader_idx_signature_checked_as_lightning(
     module: type, loaders: int, message: str, tmp_path: Path
 ) -> None:
+    """Both trainers raise a RuntimeError saying the same; busloop's is also a ConfigError."""
     val = [_loader(2, n=16) for _ in range(loaders)]
-    with pytest.raises(RuntimeError, match=message):
-        pl.Trainer(max_epochs=1, default_root_dir=tmp_path, **QUIET).validate(
-            module(), val, verbose=False
-        )
-    ours = "has no dataloader_idx argument" if loaders == 2 else "requires dataloader_idx"
-    with pytest.raises(
-        ConfigError, match=f"validation: .*{module.__name__}.validation_step\\(\\) {ours}"
-    ):
-        Trainer(max_epochs=1, default_root_dir=tmp_path, **QUIET).validate(
-            module(), val, verbose=False
-        )
+    for cls in (pl.Trainer, Trainer):
+        with pytest.raises(RuntimeError, match=message) as raised:
+            cls(max_epochs=1, default_root_dir=tmp_path, **QUIET).validate(
+                module(), val, verbose=False
+            )
+    assert isinstance(raised.value, ConfigError) and str(raised.value).startswith("validation: ")
+
+
+class Echo(pl.LightningModule):  # type: ignore[misc,name-defined]
+    """Predicts what it is given, with where it came from."""
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return (int(batch), batch_idx, dataloader_idx)
+
+
+@pytest.mark.parametrize(
+    "loaders",
+    [[[0, 1], [2, 3, 4]], {"a": [0, 1], "b": ([2], [3, 4])}, ([0, 1, 2],), [0, 1, 2]],
+    ids=["lists", "nested-dict", "tuple-of-one", "one-list-of-numbers"],
+)
+def test_collections_of_loaders_read_as_lightning(loaders: Any, tmp_path: Path) -> None:
+    """Collections inside a collection are opened up, those of numbers are loaders themselves."""
+    results = [
+        cls(default_root_dir=tmp_path, **QUIET).predict(Echo(), loaders)
+        for cls in (pl.Trainer, Trainer)
+    ]
+    assert results[1] == results[0]
 
 
 @pytest.mark.parametrize(
     ("loaders", "message"),
     [
         ([], "dataloaders: an empty list of loaders"),
-        ([[_loader(1)], _loader(2)], "dataloaders: a nested list of loaders"),
         (
             CombinedLoader([_loader(1), _loader(2)], "max_size_cycle"),
             'CombinedLoader\\(mode="max_size_cycle"\\)',
