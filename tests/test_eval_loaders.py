@@ -275,6 +275,24 @@ def test_collections_of_loaders_read_as_lightning(loaders: Any, tmp_path: Path) 
     assert results[1] == results[0]
 
 
+class Counts(TwoLoaders):
+    def test_dataloader(self) -> Any:
+        return [_loader(4, n=24), _loader(5, n=16)]
+
+
+@pytest.mark.parametrize("limit", [1, 1.0, 0.5, 2])
+def test_limit_applies_to_each_loader_as_in_lightning(limit: float, tmp_path: Path) -> None:
+    """``limit_test_batches`` cuts each loader (an int 1 is one batch, a float 1.0 all)."""
+    counts, results = [], []
+    for cls in (pl.Trainer, Trainer):
+        torch.manual_seed(0)
+        trainer = cls(default_root_dir=tmp_path, limit_test_batches=limit, **QUIET)
+        results.append(trainer.test(Counts(), verbose=False))
+        counts.append(list(trainer.num_test_batches))
+    assert counts[1] == counts[0]
+    assert_state_close(results[1], results[0])
+
+
 @pytest.mark.parametrize(
     ("loaders", "message"),
     [
