@@ -79,8 +79,8 @@ def _busloop(cfg: Any, clock: _Clock, limit: float | None) -> None:
     from callbacks import build_callbacks
     from runtime import Runtime
     from runtime.callback import Callback
-    from runtime.job import build_job
     from runtime.devices import seed_everything
+    from runtime.job import build_job
 
     class FinalEpoch(Callback):
         def on_epoch_metrics(self, runtime: Any, stage: str, metrics: dict[str, float]) -> None:
@@ -95,8 +95,8 @@ def _busloop(cfg: Any, clock: _Clock, limit: float | None) -> None:
 
 
 def _plain(cfg: Any, clock: _Clock, limit: float | None) -> None:
-    from runtime.job import build_job
     from runtime.devices import seed_everything
+    from runtime.job import build_job
 
     seed_everything(cfg.trainer.seed)
     model, loaders = build_job(cfg)
@@ -124,9 +124,9 @@ def _plain(cfg: Any, clock: _Clock, limit: float | None) -> None:
 def _lightning(cfg: Any, clock: _Clock, limit: float | None) -> None:
     import lightning.pytorch as pl
 
-    from runtime.job import build_job
     from runtime.devices import seed_everything
     from runtime.examples.digits import DigitsClassifier
+    from runtime.job import build_job
 
     class DigitsModule(pl.LightningModule):
         """The digits model's own steps (self.log of loss and accuracy) in a LightningModule."""
@@ -166,8 +166,8 @@ def _ignite(cfg: Any, clock: _Clock, limit: float | None) -> None:
     from ignite.engine import Engine, Events, create_supervised_evaluator
     from ignite.metrics import Accuracy
 
-    from runtime.job import build_job
     from runtime.devices import seed_everything
+    from runtime.job import build_job
 
     seed_everything(cfg.trainer.seed)
     model, loaders = build_job(cfg)

@@ -84,8 +84,8 @@ class TrainingProgressCallback(Callback):
     def on_validation_batch_end(
         self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int
     ) -> None:
-        if not runtime.state.sanity_checking:
-            self._batch(runtime, "val", batch_idx)
+        if not runtime.state.sanity_checking:  # several loaders: counted across them
+            self._batch(runtime, "val", runtime.state.eval_offset + batch_idx)
 
     def on_validation_epoch_end(self, runtime: Runtime) -> None:
         if not runtime.state.sanity_checking:
@@ -97,7 +97,7 @@ class TrainingProgressCallback(Callback):
     def on_test_batch_end(
         self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int
     ) -> None:
-        self._batch(runtime, "test", batch_idx)
+        self._batch(runtime, "test", runtime.state.eval_offset + batch_idx)
 
     def on_test_epoch_end(self, runtime: Runtime) -> None:
         self._end(runtime, "test")

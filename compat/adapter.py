@@ -8,8 +8,8 @@ callback of a Runtime in a :class:`LightningCallbackAdapter`:
 - Only the hooks the callback's class overrides (against Lightning's ``Callback``) become
   receivers: a stock callback with 3 hooks costs 3 receivers, plus one at ``setup`` that binds
   the trainer facade. Each receiver is generated once per callback class and passes the
-  payload positionally, as Lightning does (eval batch hooks without ``dataloader_idx``:
-  busloop runs one loader per stage, and Lightning passes it only with several).
+  payload positionally, as Lightning does (eval batch hooks get ``dataloader_idx`` only while
+  the stage runs several loaders, Lightning's rule).
 - ``trainer`` is the :class:`compat.trainer.TrainerFacade` (the LightningModule's when the
   model is one, else one made for the Runtime) and ``pl_module`` is ``runtime.model`` (a plain
   ``nn.Module`` seen through :class:`ModuleView`, which adds what stock callbacks read on a
@@ -241,7 +241,11 @@ def _receiver(event: str) -> Callable[..., None]:
             f"    self._hook_{event}(trainer, self.pl_module{args})\n    trainer._in_train_batch_end = False"
         )
     elif payload[-1:] == ("dataloader_idx",):  # an eval batch: Lightning's logging schedule counts them
-        call = f"self.trainer._eval_batches_ready = batch_idx + 1\n    {call}"
+        call = (  # across the stage's loaders; dataloader_idx passed only when there are several
+            "self.trainer._eval_batches_ready = runtime.state.eval_offset + batch_idx + 1\n"
+            f"    if runtime.state.eval_loaders > 1:\n        self._hook_{event}(self.trainer, "
+            f"self.pl_module{args}, dataloader_idx)\n    else:\n        {call}"
+        )
     source = f"def on_{event}(self, runtime{params}):\n{bind}    {call}\n"
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<busloop adapter {event}>", "exec"), namespace)  # noqa: S102

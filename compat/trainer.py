@@ -14,6 +14,7 @@ Lightning's string enums (``TrainerFn.FITTING == "fit"``).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -144,21 +145,25 @@ class TrainerFacade:
         st = self._rt.state
         return float("inf") if st.sanity_checking else self.fit_loop.max_batches
 
+    def _per_loader(self, split: str, total: int | float) -> list[int | float]:
+        """Lightning's per-loader batch counts (a stage may run several loaders)."""
+        return list(self._rt.state.loader_batches.get(split) or [total])
+
     @property
     def num_val_batches(self) -> list[int | float]:
-        return [self._rt.state.num_val_batches]
+        return self._per_loader("val", self._rt.state.num_val_batches)
 
     @property
     def num_sanity_val_batches(self) -> list[int | float]:
-        return [self._rt.state.num_sanity_val_batches]
+        return self._per_loader("sanity_val", self._rt.state.num_sanity_val_batches)
 
     @property
     def num_test_batches(self) -> list[int | float]:
-        return [self._rt.state.num_test_batches]
+        return self._per_loader("test", self._rt.state.num_test_batches)
 
     @property
     def num_predict_batches(self) -> list[int | float]:
-        return [self._rt.state.num_predict_batches]
+        return self._per_loader("predict", self._rt.state.num_predict_batches)
 
     @property
     def accumulate_grad_batches(self) -> int:
@@ -205,11 +210,15 @@ class TrainerFacade:
         return float("inf") if steps < 0 else steps
 
     @property
-    def val_check_batch(self) -> int | None:
-        """Training batches between two validations inside an epoch; None before a fit."""
+    def val_check_batch(self) -> int | float | None:
+        """Training batches between two validations inside an epoch (``inf`` for an epoch of
+        unknown length validated at its end, as Lightning's); None before a fit."""
         if self._rt.train_loader is None:
             return None
-        every, _ = self._rt._val_check_batches(self._rt.state.num_training_batches)
+        n, interval = self._rt.state.num_training_batches, self._rt.config.trainer.val_check_interval
+        if math.isinf(n):
+            return interval if isinstance(interval, int) else n
+        every, _ = self._rt._val_check_batches(int(n))
         return every
 
     @property

@@ -179,7 +179,8 @@ def parse_trainer_args(kw: dict[str, Any]) -> TrainerArgs:
     }
     for split in ("train", "val", "test", "predict"):
         limit = kw[f"limit_{split}_batches"]
-        trainer[f"limit_{split}_batches"] = None if limit is None or limit == 1.0 else limit
+        whole = limit is None or (isinstance(limit, float) and limit == 1.0)  # int 1: one batch
+        trainer[f"limit_{split}_batches"] = None if whole else limit
     overfit = kw["overfit_batches"]
     if isinstance(overfit, bool) or not isinstance(overfit, int | float) or overfit < 0:
         raise _refuse("overfit_batches", overfit, "expected a batch count or an epoch fraction >= 0")

@@ -35,9 +35,13 @@ from compat.trainer_args import parse_trainer_args
 from compat.trainer_data import ModuleData, module_data, without_validation
 from compat.trainer_defaults import callback_role, default_callbacks, run_callbacks
 from compat.trainer_env import defaults_from_env
+from compat.trainer_eval import eval_loaders
 from compat.trainer_extras import FrontExtras
 from compat.trainer_interrupt import Shutdown
-from compat.trainer_loggers import LoggerFront, open_tracker
+from compat.trainer_loggers import (
+    LoggerFront,
+    open_tracker,
+)
 from compat.trainer_results import print_results
 from compat.trainer_run import FrontFitLoop, FrontRuntime, FrontState, WriteThrough, one_loader
 from runtime.bus import CallbackError
@@ -235,7 +239,7 @@ class Trainer(LoggerFront, FrontExtras, TrainerFacade):
             raise ConfigError("Trainer.fit: give dataloaders or a datamodule, not both")
         path = self._checkpoint_path(ckpt_path, "fit")
         train = one_loader(train_dataloaders, "train_dataloaders")
-        val = None if without_validation(model) else one_loader(val_dataloaders, "val_dataloaders")
+        val = None if without_validation(model) else eval_loaders(val_dataloaders, "val_dataloaders")
         if train is None and datamodule is None:
             datamodule = module_data(model, "fit")
         with self._call("fit", model) as rt:
@@ -250,7 +254,7 @@ class Trainer(LoggerFront, FrontExtras, TrainerFacade):
 
         def run(rt: Runtime) -> Any:
             self._load_weights(rt, path)
-            loader, dm = one_loader(loaders, "dataloaders"), datamodule
+            loader, dm = eval_loaders(loaders, "dataloaders"), datamodule
             if loader is None and dm is None:
                 dm = module_data(rt.model, fn)
             return getattr(rt, fn)(loader, datamodule=dm)
@@ -261,10 +265,12 @@ class Trainer(LoggerFront, FrontExtras, TrainerFacade):
         self, fn: str, model: nn.Module | None, loaders: Any, ckpt_path: Any, datamodule: Any, verbose: bool = False
     ) -> list[dict[str, float]]:
         """``validate`` / ``test``: one pass, its epoch metrics as Lightning returns them (one
-        dict per loader; busloop takes one loader per stage), printed as a table if verbose."""
+        dict per loader: :mod:`runtime.eval_loaders`)."""
         run = self._evaluate(fn, model, loaders, ckpt_path, datamodule)
         with self._call(fn, model) as rt:
-            results = [dict(run(rt))]
+            run(rt)
+            unlogged = rt.metrics.lightning.unlogged if rt.metrics.lightning is not None else set()
+            results = [{k: v for k, v in metrics.items() if k not in unlogged} for metrics in rt.loader_metrics]
         if verbose and self.is_global_zero:
             print_results(results, fn)
         return results
@@ -299,8 +305,8 @@ class Trainer(LoggerFront, FrontExtras, TrainerFacade):
         return_predictions: bool | None = None,
         ckpt_path: str | os.PathLike[str] | None = None,
     ) -> list[Any] | None:
-        """``predict_step`` over the loader; the outputs, one per batch (None when
-        ``return_predictions=False``)."""
+        """``predict_step`` over the loader(s); the outputs, one per batch (one list per loader
+        for several; None when ``return_predictions=False``)."""
         run = self._evaluate("predict", model, dataloaders, ckpt_path, datamodule)
         with self._call("predict", model) as rt:
             predictions = run(rt)

@@ -150,6 +150,9 @@ class RuntimeCore:
         """The checkpoint the running fit resumes from, known before the tracker opens: a
         checkpoint inside a run folder reopens that folder (see :meth:`_open_tracker`)."""
         self._predictions: list[Any] = []
+        self.loader_metrics: list[dict[str, float]] = []
+        """The last evaluation's epoch metrics per loader (one dict for one loader; see
+        :mod:`runtime.eval_loaders`): each loader's own, plus those logged at its epoch end."""
         # Last: adapters (compat's, for Lightning callbacks) may read the model and tracker.
         self.callbacks = adapt_callbacks(self.callbacks, self)
         self.bus.subscribe_all(self.callbacks)
@@ -318,8 +321,10 @@ class RuntimeCore:
 
             if dist.init_process_group(self.device):
                 log.info("torch.distributed initialised: rank %d of %d", dist.rank(), dist.world_size())
+            from runtime.eval_loaders import distributed_loaders
+
             train_loader = distributed_loader(train_loader)
-            val_loader = distributed_loader(val_loader, shuffle=False) if val_loader is not None else None
+            val_loader = distributed_loaders(val_loader) if val_loader is not None else None
         self.train_loader, self.val_loader = train_loader, val_loader
         self.loaders["train"] = train_loader
         if val_loader is not None:
@@ -385,9 +390,14 @@ class RuntimeCore:
         return every is None or (self.state.epoch + 1) % every == 0
 
     def _count_val_batches(self, loader: Iterable[Any] | None) -> int | float:
-        if loader is None:
-            return 0
-        return as_count(num_batches(loader, self.config.trainer.limit_val_batches, "val"))
+        """The validation batches of ``loader`` (or of each of several), kept per loader in
+        ``state.loader_batches["val"]``; returns their total."""
+        from runtime.eval_loaders import count_batches
+
+        counts = self.state.loader_batches["val"] = [] if loader is None else count_batches(
+            loader, self.config.trainer.limit_val_batches, "val"
+        )
+        return sum(counts, 0)
 
     def _max_steps_reached(self) -> bool:
         max_steps = self.state.max_steps

@@ -109,15 +109,18 @@ class _Result:
     """One logged name in one place (batch or epoch level) of one stage, for one epoch."""
 
     __slots__ = (
-        "batch_level", "computed", "forked", "logger", "meta", "metric", "name", "on_epoch",
-        "on_step", "prog_bar", "reduce", "sizes", "sync", "values",
+        "batch_level", "computed", "epoch_name", "forked", "logger", "meta", "metric", "name",
+        "on_epoch", "on_step", "prog_bar", "reduce", "sizes", "step_name", "sync", "values",
     )
 
-    def __init__(self, name: str, meta: tuple[Any, ...], batch_level: bool) -> None:
-        self.name = name
+    def __init__(self, name: str, meta: tuple[Any, ...], batch_level: bool, suffix: str = "") -> None:
+        self.name = name + suffix
         self.meta = meta
         self.on_step, self.on_epoch, self.reduce, self.prog_bar, self.logger, self.sync = meta[:6]
         self.forked = self.on_step and self.on_epoch
+        # Lightning forks first, then adds the loader suffix: "loss_epoch/dataloader_idx_1"
+        self.step_name = f"{name}_step{suffix}" if self.forked else self.name
+        self.epoch_name = f"{name}_epoch{suffix}" if self.forked else self.name
         self.batch_level = batch_level
         self.values: list[torch.Tensor] = []
         self.sizes: list[int] = []
@@ -158,10 +161,13 @@ class LightningLog:
         self._results: dict[str, dict[tuple[bool, str], _Result]] = {}
         self._step_logs: dict[str, dict[str, float]] = {}
         """The latest step values each stage sends its logger (Lightning re-sends them)."""
-        self._eval_steps: dict[str, int] = {}
-        """How many eval batches each stage has logged this run (the eval loggers' step)."""
+        self._eval_steps: dict[tuple[str, int | None], int] = {}
+        """How many eval batches each stage (and loader) has logged this run (the eval loggers' step)."""
         self.step_names: set[str] = set()
         """Names whose step values this log put in ``state.step_metrics`` (not Runtime.log's)."""
+        self.unlogged: set[str] = set()
+        """Epoch names callback_metrics has but a logger never gets (a forked value's base name,
+        a ``logger=False`` value): Lightning's ``validate`` / ``test`` results leave them out."""
 
     # ------------------------------------------------------------------ logging
     def log(
@@ -196,12 +202,14 @@ class LightningLog:
         sync: Any = False
         if sync_dist and not rank_zero_only and dist.is_available_and_initialized() and dist.world_size() > 1:
             sync = True if sync_dist_group is None else sync_dist_group
-        meta = (on_step, on_epoch, how, prog_bar, logger is not False, sync, enable_graph)
+        loader = store.dataloader_idx  # None unless a stage with several loaders runs one
+        meta = (on_step, on_epoch, how, prog_bar, logger is not False, sync, enable_graph, loader)
+        suffix = f"/dataloader_idx_{loader}" if loader is not None and add_dataloader_idx else ""
 
         results = self._results.setdefault(prefix, {})
-        result = results.get((batch_level, name))
+        result = results.get((batch_level, name + suffix))
         if result is None:
-            result = results[(batch_level, name)] = _Result(name, meta, batch_level)
+            result = results[(batch_level, name + suffix)] = _Result(name, meta, batch_level, suffix)
         elif result.meta != meta:
             raise ValueError(
                 f"self.log({name!r}, ...) was called twice in the same place with different "
@@ -239,7 +247,7 @@ class LightningLog:
         st = self.state
         if step_value is not None:
             scalar = float(step_value)
-            step_name = f"{name}_step" if result.forked else name
+            name, step_name = result.name, result.step_name
             if result.logger:
                 st.logged_metrics[step_name] = scalar
                 self._step_logs.setdefault(prefix, {})[step_name] = scalar
@@ -279,10 +287,9 @@ class LightningLog:
     # ------------------------------------------------------------------ epoch end
     def _publish_epoch(self, result: _Result) -> None:
         value = result.epoch_value()
-        if value is None:
-            return
-        st, name = self.state, result.name
-        epoch_name = f"{name}_epoch" if result.forked else name
+        if value is None or (result.meta[7] is not None and self.state.sanity_checking):
+            return  # Lightning stores no loader's results (of several) in the sanity check
+        st, name, epoch_name = self.state, result.name, result.epoch_name
         st.metrics[name] = st.metrics[epoch_name] = value
         if result.logger:
             st.logged_metrics[epoch_name] = value
@@ -301,7 +308,11 @@ class LightningLog:
             if value is not None:
                 reduced[result.name] = value
                 if result.forked:
-                    reduced[f"{result.name}_epoch"] = value
+                    reduced[result.epoch_name] = value
+                if result.forked or not result.logger:
+                    self.unlogged.add(result.name)
+                if not result.logger:
+                    self.unlogged.add(result.epoch_name)
         return reduced
 
     def epoch_log(self, prefix: str) -> dict[str, float]:
@@ -310,7 +321,7 @@ class LightningLog:
         for result in self._epoch_results(prefix):
             value = result.epoch_value()
             if result.logger and value is not None:
-                logged[f"{result.name}_epoch" if result.forked else result.name] = value
+                logged[result.epoch_name] = value
         return logged
 
     def logged(self, prefix: str, name: str) -> bool:
@@ -323,10 +334,17 @@ class LightningLog:
         return dict(self._step_logs.get(prefix, {}))
 
     def next_eval_step(self, prefix: str) -> int:
-        """The eval logger step of the batch that just ended (counts every eval batch of the run)."""
-        step = self._eval_steps.get(prefix, 0)
-        self._eval_steps[prefix] = step + 1
+        """The eval logger step of the batch that just ended (counts every eval batch of the
+        run, per loader as Lightning does when a stage has several)."""
+        key = (prefix, self.store.dataloader_idx)
+        step = self._eval_steps.get(key, 0)
+        self._eval_steps[key] = step + 1
         return step
+
+    def next_loader(self, prefix: str) -> None:
+        """The next loader of ``prefix`` starts: the step values sent to the logger are its own
+        from now on (Lightning sends only the running loader's)."""
+        self._step_logs.pop(prefix, None)
 
     def end_epoch(self, prefix: str) -> None:
         """Forget ``prefix``'s results (Lightning resets them); logged Metric objects are reset."""
@@ -340,4 +358,5 @@ class LightningLog:
     def clear(self) -> None:
         """A new public run: eval logger steps start again from 0."""
         self._eval_steps.clear()
+        self.unlogged.clear()
 

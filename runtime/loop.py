@@ -23,12 +23,12 @@ from typing import Any
 import torch
 
 from runtime.checkpoint import isolated_rng, set_rng_state
-from runtime.core import RuntimeCore, as_count
-from runtime.data import iterate, num_batches
+from runtime.core import RuntimeCore
 from runtime.datamodule import as_datamodule, fit_loaders, loader_of, prepare_and_setup
 from runtime.datamodule import teardown as teardown_datamodule
 from runtime.devices import seed_everything
 from runtime.errors import ConfigError
+from runtime.eval_loaders import EvalPass, count_batches, loader_name, sanity_counts
 from runtime.metrics import STAGE_PREFIX
 from runtime.module import inputs_of, plain_loss, step_loss
 from runtime.optim import clip_gradients, zero_grad
@@ -104,8 +104,8 @@ class Runtime(RuntimeCore):
         return st
 
     def validate(self, loader: Iterable[Any] | None = None, *, datamodule: Any = None) -> dict[str, float]:
-        """One validation pass over a loader or a datamodule's ``val_dataloader``; returns the
-        ``val/...`` metrics."""
+        """One validation pass over a loader (or several: :mod:`runtime.eval_loaders`) or a
+        datamodule's ``val_dataloader``; returns the ``val/...`` metrics."""
         return self._evaluate("validation", "validate", loader, datamodule, self.config.trainer.limit_val_batches)
 
     def test(self, loader: Iterable[Any] | None = None, *, datamodule: Any = None) -> dict[str, float]:
@@ -115,7 +115,7 @@ class Runtime(RuntimeCore):
 
     def predict(self, loader: Iterable[Any] | None = None, *, datamodule: Any = None) -> list[Any]:
         """Run ``predict_step`` (or the model's forward) over a loader or a datamodule's
-        ``predict_dataloader``; returns the outputs."""
+        ``predict_dataloader``; returns the outputs (one list per loader for several)."""
         self._predictions = []
         self._evaluate("predict", "predict", loader, datamodule, self.config.trainer.limit_predict_batches)
         predictions, self._predictions = self._predictions, []
@@ -270,7 +270,7 @@ class Runtime(RuntimeCore):
         self._val_pending = False
         modes = self._eval_mode("validation")
         try:
-            return self._eval_epoch("validation", loader, self.state.num_val_batches)
+            return self._eval_epoch("validation", loader, self.state.loader_batches["val"])
         finally:
             self._restore_mode("validation", modes)
             self.metrics.begin_stage("train")
@@ -310,12 +310,12 @@ class Runtime(RuntimeCore):
 
     def _sanity_check(self, loader: Iterable[Any]) -> None:
         cfg, st, ev = self.config.trainer, self.state, self.bus.event
-        steps = st.num_val_batches if cfg.num_sanity_val_steps < 0 else cfg.num_sanity_val_steps
-        st.num_sanity_val_batches = min(steps, st.num_val_batches)
+        counts = st.loader_batches["sanity_val"] = sanity_counts(st.loader_batches["val"], cfg.num_sanity_val_steps)
+        st.num_sanity_val_batches = sum(counts)
         st.sanity_checking = True
         ev.sanity_check_start.emit(self)
         modes = self._eval_mode("validation")
-        self._eval_epoch("validation", loader, st.num_sanity_val_batches)
+        self._eval_epoch("validation", loader, counts)
         self._restore_mode("validation", modes)
         ev.sanity_check_end.emit(self)
         st.sanity_checking = False
@@ -336,13 +336,13 @@ class Runtime(RuntimeCore):
             if dm is not None:
                 loader = loader_of(dm, fn)
             assert loader is not None
-            short = "val" if stage == "validation" else stage
-            total = as_count(num_batches(loader, limit, short))
-            setattr(st, f"num_{short}_batches", total)
+            split = "val" if stage == "validation" else stage
+            counts = st.loader_batches[split] = count_batches(loader, limit, split)
+            setattr(st, f"num_{split}_batches", sum(counts))
             self.model.to(self.device)
             modes = self._eval_mode(stage)
             try:
-                metrics = self._eval_epoch(stage, loader, total)
+                metrics = self._eval_epoch(stage, loader, counts)
             finally:
                 self._restore_mode(stage, modes)
             if dm is not None:
@@ -351,54 +351,56 @@ class Runtime(RuntimeCore):
         return metrics
 
     @torch.no_grad()  # from <stage>_start to <stage>_end, as Lightning's evaluation loop
-    def _eval_epoch(self, stage: str, loader: Iterable[Any], max_batches: int | float) -> dict[str, float]:
-        """One evaluation epoch of ``stage`` ("validation", "test", "predict"): every event of
-        the block sees the module in eval mode and gradients off."""
-        signal = self.bus.signal
+    def _eval_epoch(self, stage: str, loader: Iterable[Any], counts: list[int | float]) -> dict[str, float]:
+        """One evaluation epoch of ``stage`` ("validation", "test", "predict") over its loaders
+        (``counts`` batches of each), one after the other (:mod:`runtime.eval_loaders`): every
+        event of the block sees the module in eval mode and gradients off."""
+        signal, st = self.bus.signal, self.state
         start, epoch_start = signal(f"{stage}_start"), signal(f"{stage}_epoch_start")
         batch_start, batch_end = signal(f"{stage}_batch_start"), signal(f"{stage}_batch_end")
         epoch_end, end = signal(f"{stage}_epoch_end"), signal(f"{stage}_end")
         prefix, metrics = STAGE_PREFIX[stage], self.metrics
+        run = EvalPass(self, stage, loader, counts)  # each loader's step and results
 
         metrics.begin_stage(prefix)
         start.emit(self)
         epoch_start.emit(self)
         with torch.no_grad():
-            batches = iterate(loader)
-            for batch_idx in count() if math.isinf(max_batches) else range(int(max_batches)):
-                batch = next(batches, None)
-                if batch is None:
-                    break
-                batch = self._to_device(batch)
-                metrics.batch, metrics.batch_size = batch, None
-                if batch_start.dispatch: batch_start.emit(self, batch=batch, batch_idx=batch_idx, dataloader_idx=0)  # noqa: E701
-                with self._autocast or contextlib.nullcontext():
-                    outputs = self._eval_step(stage, prefix, batch, batch_idx)
-                if batch_end.dispatch: batch_end.emit(self, outputs=outputs, batch=batch, batch_idx=batch_idx, dataloader_idx=0)  # noqa: E701
-                if metrics.lightning is not None: self._log_eval_step(prefix)  # noqa: E701
-        metrics.batch = None
+            for dataloader_idx, batches, total, step in run:  # the loaders, one after the other
+                for batch_idx in count() if math.isinf(total) else range(int(total)):
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    batch = self._to_device(batch)
+                    metrics.batch, metrics.batch_size = batch, None
+                    if batch_start.dispatch: batch_start.emit(self, batch=batch, batch_idx=batch_idx, dataloader_idx=dataloader_idx)  # noqa: E701
+                    with self._autocast or contextlib.nullcontext():
+                        outputs = self._eval_step(stage, prefix, batch, batch_idx, step, dataloader_idx)
+                    if batch_end.dispatch: batch_end.emit(self, outputs=outputs, batch=batch, batch_idx=batch_idx, dataloader_idx=dataloader_idx)  # noqa: E701
+                    if metrics.lightning is not None: self._log_eval_step(prefix)  # noqa: E701
         reduced: dict[str, float] = {}
         if stage != "predict":
             metrics.reduce(prefix)
             epoch_end.emit(self)
             reduced = metrics.reduce(prefix)
-            if not self.state.sanity_checking:
+            if not st.sanity_checking:
                 self._publish_epoch_metrics(prefix, reduced)
         else:
             epoch_end.emit(self)
+            self._predictions = run.predictions(self._predictions)
         end.emit(self)
         metrics.end_epoch(prefix)
+        self.loader_metrics = run.metrics(reduced)
         return reduced
 
-    def _eval_step(self, stage: str, prefix: str, batch: Any, batch_idx: int) -> Any:
-        step = self._bridge.step(stage)
+    def _eval_step(self, stage: str, prefix: str, batch: Any, batch_idx: int, step: Any, dataloader_idx: int) -> Any:
         if stage == "predict":
             output = step(batch, batch_idx) if step else self.model(inputs_of(batch))
             self._predictions.append(output)
             return output
         if step is not None:
             output = step(batch, batch_idx)
-            loss_key = f"{prefix}/loss"
+            loss_key = loader_name(f"{prefix}/loss", dataloader_idx)
             if not self.metrics.logged(loss_key):
                 loss = step_loss(output)
                 if isinstance(loss, torch.Tensor):
@@ -407,7 +409,7 @@ class Runtime(RuntimeCore):
         if self.loss_fn is None:
             return self.model(inputs_of(batch))
         loss = plain_loss(self.loss_fn, self._train_model, batch)
-        self.metrics.record(f"{prefix}/loss", loss.detach(), None)
+        self.metrics.record(loader_name(f"{prefix}/loss", dataloader_idx), loss.detach(), None)
         return {"loss": loss.detach()}
 
     def _publish_epoch_metrics(self, stage: str, metrics: dict[str, float]) -> None:

@@ -52,11 +52,15 @@ class MetricStore:
         """``Runtime.log`` names logged with ``prog_bar=True``."""
         self.lightning: LightningLog | None = None
         """A LightningModule's ``self.log`` results; created by the first :meth:`module_log`."""
+        self.dataloader_idx: int | None = None
+        """The running loader while an evaluation stage with several loaders runs its batches
+        (:mod:`runtime.eval_loaders`: names logged then get its suffix); else None."""
 
     def clear(self) -> None:
         """Forget everything logged (the start of a public run)."""
         self._epoch_metrics.clear()
         self._logs.clear()
+        self.dataloader_idx = None  # an evaluation that failed mid-loader leaves no suffix behind
         if self.lightning is not None:
             self.lightning.clear()
 
@@ -75,6 +79,8 @@ class MetricStore:
         """
         if "/" not in name:
             name = f"{self.prefix}/{name}"
+        if self.dataloader_idx:  # loader N > 0 of several: busloop's suffix rule
+            name += f"/dataloader_idx_{self.dataloader_idx}"
         self.record(name, value, batch_size)
         if prog_bar:
             self._prog_bar.add(name)
@@ -149,6 +155,13 @@ class MetricStore:
         if self.lightning is not None:
             metrics.update(self.lightning.reduce(prefix))
         return metrics
+
+    def begin_loader(self, prefix: str, dataloader_idx: int | None) -> None:
+        """The next loader of an evaluation with several (``dataloader_idx``) starts, or, with
+        None, the stage's batches are over (its epoch-end hooks log unsuffixed names)."""
+        self.dataloader_idx = dataloader_idx
+        if self.lightning is not None and dataloader_idx is not None:
+            self.lightning.next_loader(prefix)
 
     def end_epoch(self, prefix: str) -> None:
         """The loop finished ``prefix``'s epoch: ``self.log`` results start afresh (Lightning

@@ -58,11 +58,13 @@ _EVAL_BATCH_HOOKS = frozenset(
 
 def _positional_receiver(method: Callable[..., Any], label: str, *, drop_last: bool) -> Callable[..., None]:
     """Adapt a Lightning hook ``hook(*args)`` to a bus receiver ``fn(runtime, **payload)``;
-    ``drop_last`` leaves the payload's last value (``dataloader_idx``) out."""
+    ``drop_last``: an eval batch hook, which gets the payload's last value (``dataloader_idx``)
+    only while the evaluation runs several loaders (Lightning's rule)."""
     if drop_last:
 
         def receive(runtime: Any, **payload: Any) -> None:
-            method(*list(payload.values())[:-1])
+            values = list(payload.values())
+            method(*(values if runtime.state.eval_loaders > 1 else values[:-1]))
 
     else:
 
@@ -185,11 +187,12 @@ class ModuleBridge:
             runtime._step_schedulers("epoch", runtime.state.epoch + 1)
         return {} if output is None else dict(output)
 
-    def batch_transfer(self, device: torch.device) -> Callable[[Any], Any] | None:
+    def batch_transfer(self, device: torch.device, dataloader_idx: int = 0) -> Callable[[Any], Any] | None:
         """How a batch reaches ``device``: through the model's ``on_before_batch_transfer``,
         ``transfer_batch_to_device`` and ``on_after_batch_transfer`` when it overrides any (with
-        Lightning's arguments, ``dataloader_idx`` 0), else ``move_to_device``; None when there
-        is nothing to do (CPU, no hooks), so the loop skips the call."""
+        Lightning's arguments: the batch's ``dataloader_idx``, 0 but in an evaluation stage
+        with several loaders), else ``move_to_device``; None when there is nothing to do (CPU,
+        no hooks), so the loop skips the call."""
         before, transfer, after = (
             self.overridden(name) if self.lightning_style else None for name in _TRANSFER_HOOKS
         )
@@ -198,9 +201,9 @@ class ModuleBridge:
 
         def apply(batch: Any) -> Any:
             if before is not None:
-                batch = before(batch, 0)
-            batch = move_to_device(batch, device) if transfer is None else transfer(batch, device, 0)
-            return batch if after is None else after(batch, 0)
+                batch = before(batch, dataloader_idx)
+            batch = move_to_device(batch, device) if transfer is None else transfer(batch, device, dataloader_idx)
+            return batch if after is None else after(batch, dataloader_idx)
 
         return apply
 

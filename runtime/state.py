@@ -33,7 +33,8 @@ class LoopState:
     """Set when a graceful interrupt stopped training."""
     num_training_batches: int | float = 0
     """Batches per training epoch; ``inf`` for a loader without a length (and no int
-    ``limit_train_batches``), as Lightning's. The ``num_*_batches`` below likewise."""
+    ``limit_train_batches``), as Lightning's. The ``num_*_batches`` below likewise; theirs are
+    totals over a stage's loaders (see ``loader_batches``)."""
     num_val_batches: int | float = 0
     num_test_batches: int | float = 0
     num_predict_batches: int | float = 0
@@ -42,6 +43,14 @@ class LoopState:
     """An epoch of unknown length: True from the moment its last batch was fetched (the loader
     had no next one) until the epoch ends; Lightning's ``is_last_batch``. Always False for
     sized loaders: their last batch is ``batch_idx == num_training_batches``."""
+    loader_batches: dict[str, list[int | float]] = attrs.field(factory=dict)
+    """Batches per loader of each evaluation ("val", "sanity_val", "test", "predict"), in
+    loader order: a stage given several loaders runs them one after the other."""
+    eval_loaders: int = 1
+    """How many loaders the running evaluation has; Lightning-style steps and batch hooks get
+    ``dataloader_idx`` only when there are several."""
+    eval_offset: int = 0
+    """Batches of the earlier loaders of the running evaluation (progress bars add it)."""
     metrics: dict[str, float] = attrs.field(factory=dict)
     """Epoch-reduced metrics: ``train/...``, ``val/...``, ``test/...`` (callback_metrics)."""
     logged_metrics: dict[str, float] = attrs.field(factory=dict)

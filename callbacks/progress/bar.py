@@ -76,9 +76,10 @@ def _eval_stage_hooks(stage: str) -> tuple[_StageHook, _BatchHook, _StageHook]:
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        """Per batch: nothing without a live bar, else a clock read and a redraw when due."""
+        """Per batch: nothing without a live bar, else a clock read and a redraw when due (one
+        bar over all the stage's loaders: the earlier loaders' batches are added)."""
         if stage in self._next_refresh:
-            self._tick(runtime, stage, prefix, batch_idx + 1)
+            self._tick(runtime, stage, prefix, runtime.state.eval_offset + batch_idx + 1)
 
     def on_end(self: ProgressBarBase, runtime: Runtime) -> None:
         """Close the stage's bar and print the epoch's report (not after the sanity check)."""

@@ -90,9 +90,12 @@ def build_stage_report(
         if key == loss_key:
             continue
         name = key[len(prefix) + 1 :] if key.startswith(f"{prefix}/") else key
+        name, marker, loader = name.partition("/dataloader_idx_")  # a stage with several loaders
         group, sep, rest = name.partition("/")
         if not sep:
             group, rest = "", name
+        if marker:  # one table per extra loader: "Validation metrics: dataloader_idx_1"
+            group = f"{group} dataloader_idx_{loader}".strip()
         report.groups.setdefault(group, []).append((rest, float(value)))
     for key, value in runtime.state.step_metrics.items():
         if key.startswith(f"{prefix}/") and _is_matrix(value):
