@@ -437,3 +437,26 @@ def test_batch_hooks_are_connected_only_for_a_live_bar(tmp_path: Path, bar: Any,
         assert any(name.startswith("train_batch_end:") for name in hooks)
     printed = progress.file.getvalue() if hasattr(progress, "file") else progress.output.file.getvalue()
     assert "[Epoch 2/2] Duration: " in printed and "Validation loss: " in printed
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Validation loss: 1.23618", "a  b  ", "  lead", "é wide 日本語", "x" * 160, "x" * 161, "[b]x[/b] :smile:", "tab\there", "two\nlines"],
+)
+def test_plain_text_lines_print_what_rich_prints_off_a_terminal(text: str) -> None:
+    """Off a terminal, one-line Text reports skip rich's render pass; the bytes printed are
+    the same as rich's (anything it would wrap, expand or colour still goes through rich)."""
+    from rich.text import Text
+
+    from callbacks.progress.console import ConsoleOutput
+
+    fast_file, rich_file = io.StringIO(), io.StringIO()
+    fast = ConsoleOutput(logging.getLogger("test.fast"), file=fast_file)
+    renderables = [Text(text, style="bold"), Text("Validation main metric (acc): 0.50000", style="bold green")]
+    fast.print(renderables)
+    reference = Console(file=rich_file, highlight=False, width=fast.console.width)
+    for renderable in renderables:
+        reference.print(renderable)
+    assert fast_file.getvalue() == rich_file.getvalue()
+    skipped = fast._plain_text_lines(renderables) is not None
+    assert skipped is ("\t" not in text and "\n" not in text and len(text) <= 160)
