@@ -9,6 +9,12 @@ Every contender calls the same receivers — bound methods shaped like a per-bat
 * ``plain loop (floor)``: ``for fn in receivers: fn(sender, batch=..., batch_idx=...)``,
   the least any dispatcher can do.
 
+One more row, ``idle batch events``: the six per-batch train events the loop emits in its
+guarded form (``train_batch_start``, ``before_zero_grad``, ``before_backward``,
+``after_backward``, ``before_optimizer_step``, ``train_batch_end``) on a fresh bus with no
+receivers: what a training batch pays for its events when nobody listens, in µs per batch,
+with and without timeit's own loop overhead.
+
 Each cell is timed with :mod:`timeit` (``repeat`` runs of a loop sized to last about
 ``min_time`` seconds; the best run is the headline, the median is kept too). The numbers
 include timeit's own loop overhead, reported as ``loop_overhead_us``. The per-receiver
@@ -27,7 +33,14 @@ import blinker
 from benchmarks.stats import least_squares, summarize
 from runtime.bus import Bus
 
-__all__ = ["DISPATCH_CONTENDERS", "RECEIVER_COUNTS", "run_dispatch", "time_statement"]
+__all__ = [
+    "BATCH_EVENTS",
+    "DISPATCH_CONTENDERS",
+    "RECEIVER_COUNTS",
+    "run_dispatch",
+    "time_idle_batch_events",
+    "time_statement",
+]
 
 #: The receiver counts measured by default.
 RECEIVER_COUNTS: tuple[int, ...] = (0, 1, 10, 50)
@@ -136,6 +149,44 @@ def time_statement(
     return [t / number * 1e6 for t in timer.repeat(repeat=repeat, number=number)]
 
 
+#: The per-batch train events of the loop's hot path, with the payload it emits them with.
+BATCH_EVENTS: dict[str, str] = {
+    "train_batch_start": "batch=batch, batch_idx=i",
+    "before_zero_grad": "optimizer=optimizer",
+    "before_backward": "loss=loss",
+    "after_backward": "",
+    "before_optimizer_step": "optimizer=optimizer",
+    "train_batch_end": "outputs=outputs, batch=batch, batch_idx=i",
+}
+
+
+def time_idle_batch_events(*, repeat: int, min_time: float) -> dict[str, Any]:
+    """µs per batch for the six per-batch train events, guarded as the loop emits them, on
+    a :class:`~runtime.bus.Bus` with no receivers (``net_us``: minus timeit's loop overhead)."""
+    bus = Bus()
+    names: dict[str, Any] = {
+        "sender": object(),
+        "batch": ("inputs", "targets"),
+        "i": 7,
+        "optimizer": object(),
+        "loss": 0.5,
+        "outputs": {"loss": 0.5},
+    }
+    lines = []
+    for index, (event, payload) in enumerate(BATCH_EVENTS.items()):
+        names[f"s{index}"] = bus.signal(event)
+        args = f", {payload}" if payload else ""
+        lines.append(f"if s{index}.dispatch: s{index}.emit(sender{args})")
+    samples = time_statement("\n".join(lines), names, repeat=repeat, min_time=min_time)
+    overhead = time_statement("pass", {}, repeat=repeat, min_time=min_time)
+    floor = min(overhead)
+    return {
+        "events": list(BATCH_EVENTS),
+        "per_batch_us": summarize(samples),
+        "net_us": summarize([max(sample - floor, 0.0) for sample in samples]),
+    }
+
+
 def _slope(counts: Sequence[int], values: Sequence[float]) -> float:
     """µs per receiver: the least-squares slope (NaN with fewer than two distinct counts)."""
     if len(set(counts)) < 2:
@@ -192,4 +243,5 @@ def run_dispatch(
         "min_time_s": min_time,
         "loop_overhead_us": summarize(loop_overhead)["median"],
         "results": results,
+        "idle_batch_events": time_idle_batch_events(repeat=repeat, min_time=min_time),
     }

@@ -125,7 +125,25 @@ def dispatch_table(section: Mapping[str, Any]) -> Table:
     for name, entry in section["results"].items():
         cells = [_us(entry["per_count"][str(count)]["min"], 3) for count in counts]
         table.add_row(name, *cells, _us(entry["slope_us_per_receiver"], 3))
+    idle = section.get("idle_batch_events")
+    if idle:
+        table.add_row(
+            f"{len(idle['events'])} per-batch train events, guarded (µs per batch)",
+            _us(idle["per_batch_us"]["min"], 3),
+            *["" for _ in counts[1:]],
+            "",
+        )
     return table
+
+
+def idle_events_line(idle: Mapping[str, Any]) -> str:
+    """The markdown line for the per-batch events with no receivers."""
+    return (
+        f"Six per-batch train events with no receivers ({', '.join(idle['events'])}; the "
+        f"loop's guarded form): {idle['per_batch_us']['min']:.3f} µs per batch, "
+        f"{idle['net_us']['min']:.3f} µs net of timeit's loop (best of "
+        f"{idle['per_batch_us']['n']} repeats)."
+    )
 
 
 def overhead_table(section: Mapping[str, Any]) -> Table:
@@ -263,6 +281,9 @@ def markdown_report(results: Mapping[str, Any]) -> str:
                 f"Dispatch (guarded form): {guarded['per_count']['0']['min']:.3f} µs with no "
                 f"receivers, {guarded['slope_us_per_receiver']:.3f} µs per receiver.",
             ]
+        idle = dispatch.get("idle_batch_events")
+        if idle:
+            lines += ["", idle_events_line(idle)]
     scaling = results.get("scaling")
     if scaling:
         lines += [

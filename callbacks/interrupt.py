@@ -31,6 +31,11 @@ signal after the last training batch (during the final validation) takes effect 
 ``train_end``: training is complete, ``resume.ckpt`` holds the finished state, and
 resuming from it only runs the train-end callbacks that were skipped.
 
+Per-batch cost. In one process the ``train_batch_end`` hook is left out of the event's
+dispatch from each train epoch start until a signal arrives (the handler puts it back, in
+its place, with one attribute assignment), so with no signal the event costs nothing per
+batch. Under torchrun it stays in (it runs the vote every batch).
+
 After a normal (uninterrupted) ``train_end`` the handlers are restored at once, so a Ctrl+C
 in the train-end callbacks (testing, export) or in ``test``/``predict`` behaves like Python's
 default (``KeyboardInterrupt``) and never writes ``resume.ckpt``.
@@ -119,6 +124,9 @@ class GracefulInterruptCallback(Callback):
         self._sync = False
         self._vote: tuple[Any, torch.Tensor] | None = None
         """The vote started at the last training batch end (work handle, flags), if any."""
+        self._batch_end: Any = None
+        self._with_hook: tuple[Any, ...] = ()
+        self._without_hook: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ signal handler
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -127,6 +135,7 @@ class GracefulInterruptCallback(Callback):
             return  # a forked DataLoader worker: the main process handles the interrupt
         if self.received is None:
             self.received = signum
+            self._arm()
             return
         message = (
             f"busloop: second {_signal_name(signum)} received, exiting immediately "
@@ -209,6 +218,10 @@ class GracefulInterruptCallback(Callback):
             )
         self._install()
 
+    def on_train_epoch_start(self, runtime: Runtime) -> None:
+        if self.installed and not self._sync and self.received is None:
+            self._disarm(runtime)
+
     def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.received is None and not self._sync:
             return  # the per-batch cost when nothing happened: one attribute test
@@ -250,10 +263,45 @@ class GracefulInterruptCallback(Callback):
     def on_teardown(self, runtime: Runtime, stage: str) -> None:
         if stage == "fit":
             self._restore()
+            self._arm()
             self.received, self._vote = None, None
 
     def on_exception(self, runtime: Runtime, exception: BaseException) -> None:
         self._restore()
+        self._arm()
+
+    # ------------------------------------------------------------------ per-batch hook
+    def _disarm(self, runtime: Runtime) -> None:
+        """Leave ``on_train_batch_end`` out of ``train_batch_end``'s dispatch until a signal
+        arrives (one process: no vote to run), so that the event costs nothing per batch.
+
+        Done at every train epoch start (after every callback's setup). Only the signal's
+        cached ``dispatch`` tuple changes; the hook stays connected on the bus, so a connect
+        or disconnect on the event (which rebuilds the tuple) puts it back in its place,
+        where it costs one attribute test per batch, as it always did.
+        """
+        signal_ = runtime.bus.signal("train_batch_end")
+        hook = self.on_train_batch_end
+        with_hook = signal_.dispatch
+        if hook not in with_hook:
+            return
+        self._batch_end, self._with_hook = signal_, with_hook
+        self._without_hook = tuple(r for r in with_hook if r != hook)
+        signal_.dispatch = self._without_hook
+        if self.received is not None:  # the signal came during the lines above
+            self._arm()
+
+    def _arm(self) -> None:
+        """Put the hook back in its place (from the signal handler; at teardown).
+
+        The handler runs between two bytecodes of the main thread, possibly inside a bus
+        call, so it calls nothing on the bus: one attribute assignment swaps the tuple back,
+        and only if it is still the one :meth:`_disarm` left (a rebuilt one holds the hook).
+        The loop reads the tuple at the next batch end, so the interrupt acts there.
+        """
+        signal_, without = self._batch_end, self._without_hook
+        if signal_ is not None and without is not None and signal_.dispatch is without:
+            signal_.dispatch = self._with_hook
 
     # ------------------------------------------------------------------ helpers
     def _start_vote(self) -> tuple[Any, torch.Tensor]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import glob
 import importlib.metadata
 import logging
 import os
@@ -30,12 +29,14 @@ import re
 import tempfile
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from runtime import fast_pickle
+from runtime.checkpoint_content import CheckpointError, check_weights_only_safe
 
 __all__ = [
     "FORMAT_KEY",
@@ -57,64 +58,6 @@ log = logging.getLogger("busloop.checkpoint")
 FORMAT_KEY = "busloop_format"
 #: The format this version of busloop writes; it reads this one and older ones.
 FORMAT_VERSION = 1
-
-_SCALAR_TYPES = (str, int, float, bool, complex, bytes, type(None))
-_CONTAINER_TYPES = (dict, OrderedDict, list, tuple)
-_SAFE_MESSAGE = "cannot be stored; checkpoints hold tensors, numbers, strings, lists and dicts only"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or read; the message names the file or key."""
-
-
-# ---------------------------------------------------------------------------------------
-# Content check
-# ---------------------------------------------------------------------------------------
-
-
-def _child_path(parent: str, key: Any) -> str:
-    name = key if isinstance(key, str) else repr(key)
-    return f"{parent}.{name}" if parent else name
-
-
-def _check(value: Any, path: str, active: set[int]) -> None:
-    kind = type(value)
-    if kind in _SCALAR_TYPES:
-        return
-    if kind is torch.Tensor or kind is torch.nn.Parameter:
-        return
-    if kind is torch.Size or kind is torch.dtype or kind is torch.device:
-        return
-    if kind not in _CONTAINER_TYPES:
-        where = path or "<checkpoint>"
-        raise CheckpointError(f"{where}: {kind} {_SAFE_MESSAGE}")
-    ident = id(value)
-    if ident in active:  # a cycle: pickle copes, and every element on it is checked once
-        return
-    active.add(ident)
-    try:
-        if kind is dict or kind is OrderedDict:
-            for key, item in value.items():
-                if type(key) not in _SCALAR_TYPES and type(key) is not tuple:
-                    where = path or "<checkpoint>"
-                    raise CheckpointError(f"{where}: key {key!r} of {type(key)} {_SAFE_MESSAGE}")
-                _check(item, _child_path(path, key), active)
-        else:
-            for index, item in enumerate(value):
-                _check(item, f"{path}[{index}]", active)
-    finally:
-        active.discard(ident)
-
-
-def check_weights_only_safe(obj: Any, root: str = "") -> None:
-    """Raise :class:`CheckpointError` unless ``obj`` loads with ``weights_only=True``.
-
-    The error names the key path of the first offending value, e.g.
-    ``callbacks.MyCb.foo: <class 'x.Y'> cannot be stored; ...``. ``root`` prefixes
-    every path (use it when checking one branch of a larger dict).
-    """
-    _check(obj, root, set())
-
 
 # ---------------------------------------------------------------------------------------
 # Save / load
@@ -168,7 +111,7 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike[str])
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(checkpoint), handle)
+            torch.save(dict(checkpoint), handle, pickle_module=fast_pickle)
             handle.flush()
             os.fsync(handle.fileno())
             # mkstemp creates 0600; give the file the mode a plain open() would.
@@ -195,12 +138,19 @@ def _remove_stale_temporaries(path: Path) -> None:
     A live writer touches its temporary file continuously, so only files older than
     :data:`STALE_TEMPORARY_SECONDS` are removed.
     """
-    now = time.time()
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    now, prefix = time.time(), f".{path.name}."
+    try:
+        entries = list(os.scandir(path.parent))  # cheaper than Path.glob (no pattern compiled)
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(".tmp") and len(name) >= len(prefix) + 4):
+            continue
         try:
-            if now - leftover.stat().st_mtime > STALE_TEMPORARY_SECONDS:
-                leftover.unlink()
-                log.debug("Removed a stale temporary checkpoint file %s", leftover)
+            if now - entry.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                os.unlink(entry.path)
+                log.debug("Removed a stale temporary checkpoint file %s", entry.path)
         except OSError:
             pass
 

@@ -95,8 +95,9 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
     # every rank's (a collective: every rank builds the checkpoint).
     # The gradients of an unfinished accumulation window differ between ranks too (no_sync).
     grads = _window_grads(runtime, epoch_done)
+    rng = rng_state()  # once: nothing draws between the two places it goes
     ranks = dist.all_gather_object(
-        {"rng": rng_state(), "epoch_rng": epoch_rng, "pending_logs": pending, "grads": grads}
+        {"rng": rng, "epoch_rng": epoch_rng, "pending_logs": pending, "grads": grads}
     )
     checkpoint = {
         FORMAT_KEY: FORMAT_VERSION,
@@ -117,7 +118,7 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
         "lr_schedulers": [c.scheduler.state_dict() for c in runtime.lr_scheduler_configs],
         "scaler": runtime.scaler.state_dict() if runtime.scaler is not None else None,
         "accumulate_grad_batches": runtime.accumulate_grad_batches,
-        "rng": rng_state(),
+        "rng": rng,
         "callbacks": callback_states,
         "metrics": dict(st.metrics),
         "history": [dict(entry) for entry in st.history],

@@ -199,3 +199,20 @@ def test_adapter_section_times_native_and_adapted_hooks() -> None:
     (check,) = [c for c in check_targets({"adapter": section}) if c["target"] == "adapter_per_hook"]
     assert check["status"] in ("PASS", "FAIL") and check["value"] == section["extra_us_max_median"]
     json.dumps(section)
+
+
+def test_dispatch_section_times_the_six_batch_events_with_no_receivers() -> None:
+    from benchmarks.dispatch import BATCH_EVENTS
+    from benchmarks.report import dispatch_table, idle_events_line, markdown_report
+    from runtime.events import EVENTS
+
+    section = run_dispatch(counts=(0, 1), repeat=2, min_time=0.001)
+    idle = section["idle_batch_events"]
+    assert idle["events"] == list(BATCH_EVENTS) and len(idle["events"]) == 6
+    assert all(event in EVENTS for event in idle["events"])
+    assert _is_summary(idle["per_batch_us"], 2) and idle["per_batch_us"]["min"] > 0
+    assert 0 <= idle["net_us"]["min"] <= idle["per_batch_us"]["min"]
+    line = idle_events_line(idle)
+    assert "Six per-batch train events with no receivers" in line and "train_batch_end" in line
+    assert line in markdown_report({"dispatch": section})
+    assert dispatch_table(section).row_count == len(section["results"]) + 1

@@ -180,7 +180,7 @@ def test_failed_write_removes_the_temporary_file_and_keeps_the_old_one(
     path = tmp_path / "last.ckpt"
     save_checkpoint({"step": 1}, path)
 
-    def broken_save(obj: object, handle) -> None:
+    def broken_save(obj: object, handle, **kwargs: object) -> None:
         handle.write(b"partial bytes")
         raise OSError("disk full")
 
@@ -478,3 +478,39 @@ def test_sigkill_while_a_large_checkpoint_is_written_keeps_the_previous_one(tmp_
     assert previous["epoch"] == 0 and previous["global_step"] == 2
     assert torch.equal(previous["state_dict"]["table"], torch.arange(32 * 2**20, dtype=torch.float32))
     assert load_checkpoint(folder / "epoch=0.ckpt")["loop"]["epoch_done"]
+
+
+# -- write cost --------------------------------------------------------------------------
+
+
+def test_the_fast_pickler_writes_exactly_the_bytes_of_a_plain_torch_save() -> None:
+    """save_checkpoint pickles with runtime.fast_pickle (plain values skip torch's storage
+    test): the bytes must be those torch.save writes on its own, shared tensors included."""
+    import io
+
+    from runtime import fast_pickle
+
+    checkpoint = _full_checkpoint()
+    shared = torch.arange(6.0)
+    checkpoint["views"] = [shared, shared[2:], {"again": shared}, torch.Size([2, 3]), torch.float16]
+    plain, fast = io.BytesIO(), io.BytesIO()
+    torch.save(checkpoint, plain)
+    torch.save(checkpoint, fast, pickle_module=fast_pickle)
+    assert fast.getvalue() == plain.getvalue()
+    fast.seek(0)
+    loaded = torch.load(fast, weights_only=True)
+    assert torch.equal(loaded["views"][1], shared[2:]) and loaded["views"][3] == torch.Size([2, 3])
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "key_path"),
+    [
+        ({"a": [1, {"b": (2, object())}]}, "a[1].b[1]"),
+        ({3: {"x": [[set()]]}}, "3.x[0][0]"),
+        (OrderedDict(top=[{"k": b"ok", "bad": 1j, "worse": object()}]), "top[0].worse"),
+    ],
+)
+def test_the_refusal_names_nested_key_paths(tmp_path: Path, checkpoint: dict, key_path: str) -> None:
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(checkpoint, tmp_path / "x.ckpt")
+    assert f": {key_path}: <class " in str(info.value)

@@ -582,3 +582,53 @@ def test_resume_mid_accumulation_window_is_exact(tmp_path: Path, kill: tuple[int
     _assert_identical(straight.model.state_dict(), resumed.model.state_dict(), "weights")
     _assert_identical(straight.optimizer.state_dict(), resumed.optimizer.state_dict(), "optimizer")  # type: ignore[union-attr]
     _assert_identical(straight.state.history, resumed.state.history, "history")
+
+
+# ---------------------------------------------------------------------- the per-batch hook
+class DispatchWatcher(Callback):
+    """Records, at every train batch start, whether the interrupt's batch-end hook is in
+    train_batch_end's dispatch; optionally connects a receiver at run time (a rebuild)."""
+
+    def __init__(self, interrupt: GracefulInterruptCallback, connect_at: tuple[int, int] | None = None) -> None:
+        self.interrupt, self.connect_at = interrupt, connect_at
+        self.seen: list[tuple[int, int, bool]] = []
+
+    def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+        st = runtime.state
+        if (st.epoch, batch_idx) == self.connect_at:
+            runtime.bus.connect("train_batch_end", _late_receiver)
+        hooked = self.interrupt.on_train_batch_end in runtime.bus.signal("train_batch_end").dispatch
+        self.seen.append((st.epoch, batch_idx, hooked))
+
+
+def _late_receiver(runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
+    """A receiver connected during training (it rebuilds the event's dispatch)."""
+
+
+def test_the_batch_end_hook_is_left_out_until_a_signal_and_the_stop_is_still_at_that_batch(tmp_path: Path) -> None:
+    """One process: the interrupt's train_batch_end hook is not dispatched before a signal
+    (the event costs nothing per batch); the signal handler puts it back in first place, so
+    the stop, the warning and interrupt_received happen at the end of the running batch."""
+    interrupt, recorder = GracefulInterruptCallback(save_dir=str(tmp_path)), Recorder()
+    watcher = DispatchWatcher(interrupt)
+    rt = _runtime([interrupt, watcher, SelfSignal(epoch=1, batch=2), recorder], epochs=3)
+    state = _fit(rt)
+    assert state.interrupted and state.global_step == 6 + 3
+    assert [hooked for _, _, hooked in watcher.seen] == [False] * 9  # until the signal (in batch 1/2)
+    assert recorder.events[-4:] == [("interrupt_received", signal.SIGINT), ("batch", 1, 2), ("fit_end",), ("teardown", "fit")]
+    assert load_checkpoint(tmp_path / "resume.ckpt")["loop"]["batch_idx"] == 3
+    # after fit the event's dispatch is the bus's again (the hook first, as connected)
+    assert rt.bus.signal("train_batch_end").dispatch[0] == interrupt.on_train_batch_end
+
+
+def test_a_receiver_connected_mid_epoch_brings_the_hook_back_and_the_signal_still_stops(tmp_path: Path) -> None:
+    """A connect during training rebuilds the dispatch from the bus: the hook is back (its
+    one-attribute test per batch) and a signal after that still stops at its batch end."""
+    interrupt, recorder = GracefulInterruptCallback(save_dir=str(tmp_path)), Recorder()
+    watcher = DispatchWatcher(interrupt, connect_at=(0, 1))
+    rt = _runtime([interrupt, watcher, SelfSignal(epoch=0, batch=4), recorder], epochs=3)
+    state = _fit(rt)
+    assert state.interrupted and state.global_step == 5
+    assert [hooked for _, _, hooked in watcher.seen] == [False, True, True, True, True]
+    assert ("interrupt_received", signal.SIGINT) in recorder.events
+    assert load_checkpoint(tmp_path / "resume.ckpt")["loop"]["batch_idx"] == 5

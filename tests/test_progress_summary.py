@@ -399,3 +399,64 @@ def test_summary_survives_a_failing_example_input(tmp_path: Path) -> None:
     _fit_summary(model, tmp_path, LuxonisModelSummary(rich=False, file=out))
     assert "in/out sizes unknown" in out.getvalue()
     assert "block.conv" in out.getvalue()
+
+
+class _BatchReceivers(Callback):
+    """Records the receiver names of the per-batch events while a fit runs."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def _record(self, runtime: Runtime) -> None:
+        for event in ("train_batch_end", "validation_batch_end", "test_batch_end"):
+            self.seen.update(f"{event}:{r.__qualname__}" for r in runtime.bus.signal(event).dispatch)
+
+    def on_train_epoch_start(self, runtime: Runtime) -> None:
+        self._record(runtime)
+
+    def on_test_start(self, runtime: Runtime) -> None:
+        self._record(runtime)
+
+
+@pytest.mark.parametrize(
+    ("bar", "live"),
+    [
+        (lambda: LuxonisTQDMProgressBar(file=io.StringIO()), False),
+        (lambda: LuxonisRichProgressBar(file=io.StringIO()), False),
+        (lambda: LuxonisTQDMProgressBar(file=TTYStringIO(), refresh_interval=3600), True),
+    ],
+)
+def test_batch_hooks_are_connected_only_for_a_live_bar(tmp_path: Path, bar: Any, live: bool) -> None:
+    """Off a terminal a bar draws nothing per batch, so its per-batch hooks are not
+    connected (the batch events cost it nothing); the printed lines are unchanged."""
+    progress, receivers = bar(), _BatchReceivers()
+    _run([progress, receivers], tmp_path, test=True, epochs=2)
+    hooks = {name for name in receivers.seen if ".on_" in name and "Bar" in name}
+    assert bool(hooks) is live
+    if live:
+        assert any(name.startswith("train_batch_end:") for name in hooks)
+    printed = progress.file.getvalue() if hasattr(progress, "file") else progress.output.file.getvalue()
+    assert "[Epoch 2/2] Duration: " in printed and "Validation loss: " in printed
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Validation loss: 1.23618", "a  b  ", "  lead", "é wide 日本語", "x" * 160, "x" * 161, "[b]x[/b] :smile:", "tab\there", "two\nlines"],
+)
+def test_plain_text_lines_print_what_rich_prints_off_a_terminal(text: str) -> None:
+    """Off a terminal, one-line Text reports skip rich's render pass; the bytes printed are
+    the same as rich's (anything it would wrap, expand or colour still goes through rich)."""
+    from rich.text import Text
+
+    from callbacks.progress.console import ConsoleOutput
+
+    fast_file, rich_file = io.StringIO(), io.StringIO()
+    fast = ConsoleOutput(logging.getLogger("test.fast"), file=fast_file)
+    renderables = [Text(text, style="bold"), Text("Validation main metric (acc): 0.50000", style="bold green")]
+    fast.print(renderables)
+    reference = Console(file=rich_file, highlight=False, width=fast.console.width)
+    for renderable in renderables:
+        reference.print(renderable)
+    assert fast_file.getvalue() == rich_file.getvalue()
+    skipped = fast._plain_text_lines(renderables) is not None
+    assert skipped is ("\t" not in text and "\n" not in text and len(text) <= 160)

@@ -26,6 +26,9 @@ from runtime.callback import Callback
 from runtime.distributed import is_rank_zero
 from runtime.loop import Runtime
 
+#: The per-batch events a bar listens to (only while it draws a live bar).
+_BATCH_EVENTS = ("train_batch_end", "validation_batch_end", "test_batch_end", "predict_batch_end")
+
 #: Eval event stage -> metric prefix.
 _STAGE_PREFIXES = {"validation": "val", "test": "test", "predict": "predict"}
 
@@ -162,6 +165,19 @@ class ProgressBarBase(Callback):
     def on_setup(self, runtime: Runtime, stage: str) -> None:
         self._enabled = is_rank_zero()
         install_echo_filter()
+        self._connect_batch_hooks(runtime, live=self._enabled and self.is_live)
+
+    def _connect_batch_hooks(self, runtime: Runtime, *, live: bool) -> None:
+        """The per-batch hooks only redraw live bars: without one (off a terminal, ranks
+        other than zero) they are disconnected, so the batch events cost this callback
+        nothing; a later setup with a live bar connects them again."""
+        for event in _BATCH_EVENTS:
+            hook = getattr(self, f"on_{event}")
+            connected = hook in runtime.bus.signal(event).dispatch
+            if live and not connected:
+                runtime.bus.connect(event, hook)
+            elif not live and connected:
+                runtime.bus.disconnect(event, hook)
 
     def on_train_epoch_start(self, runtime: Runtime) -> None:
         st = runtime.state

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import IO, TextIO
 
 from rich import get_console
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
@@ -164,14 +165,33 @@ class ConsoleOutput:
             self.console.print(Group(*renderables))  # one redraw under a live bar
             text = log_text if log_text is not None else self.render_plain(renderables)
         else:
-            with self.console.capture() as capture:
-                for renderable in renderables:
-                    self.console.print(renderable)
-            printed = capture.get()
+            printed = self._plain_text_lines(renderables)
+            if printed is None:
+                with self.console.capture() as capture:
+                    for renderable in renderables:
+                        self.console.print(renderable)
+                printed = capture.get()
             self.console.out(printed, end="", highlight=False)
             self.file.flush()
             text = log_text if log_text is not None else printed
         mirror_to_log(self.logger, text)
+
+    def _plain_text_lines(self, renderables: Sequence[RenderableType]) -> str | None:
+        """What rich prints off a terminal for one-line ``Text`` renderables (their text and
+        a newline each), without rich's render pass (most of an epoch report's cost);
+        None for anything else (tables, wrapping, tabs, colours), which rich renders."""
+        console = self.console
+        if console.color_system is not None:
+            return None
+        lines = []
+        for renderable in renderables:
+            if type(renderable) is not Text or renderable.justify or renderable.overflow:
+                return None
+            plain = renderable.plain
+            if renderable.end != "\n" or not plain.isprintable() or cell_len(plain) > console.width:
+                return None
+            lines.append(plain + "\n")
+        return "".join(lines)
 
     def print_text(self, text: str, style: str | None = None) -> None:
         """Print plain ``text`` as is (no markup, no wrapping) and mirror it."""
