@@ -182,19 +182,26 @@ class Runtime(RuntimeCore):
     def _training_batch(self, batch: Any, batch_idx: int, is_last: bool) -> dict[str, Any]:
         """training_step, zero_grad, backward, clip, optimizer step, step schedulers.
 
-        The hot path. Each line runs once per batch between kernels that evict the CPU's
-        caches, so every attribute chain and call shows in the per-step overhead that
-        ``python -m benchmarks`` measures: settings are read once, optional work sits
-        behind one test.
+        The general path: every feature (accumulation, mixed precision, Lightning-style steps,
+        skip_backward, a training strategy). A plain module trains its batches through
+        :func:`runtime.batch.plain_batch_function`, the same work in one call, and falls back
+        to this one for any batch that needs a feature it leaves out. Each line runs once per
+        batch between kernels that evict the CPU's caches, so every attribute chain and call
+        shows in the per-step overhead that ``python -m benchmarks`` measures.
         """
-        ev, optimizer, scaler = self.bus.event, self.optimizer, self.scaler
-        assert optimizer is not None
-        accumulate = self.accumulate_grad_batches
         if self._autocast is None:
             output = self._training_step(batch, batch_idx)
         else:
             with self._autocast:
                 output = self._training_step(batch, batch_idx)
+        return self._optimize(output, batch_idx, is_last)
+
+    def _optimize(self, output: Any, batch_idx: int, is_last: bool) -> dict[str, Any]:
+        """The rest of :meth:`_training_batch` once the step returned ``output``: record the
+        loss, zero_grad, backward, clip, optimizer step, step schedulers; returns the outputs."""
+        ev, optimizer, scaler = self.bus.event, self.optimizer, self.scaler
+        assert optimizer is not None
+        accumulate = self.accumulate_grad_batches
         loss = output if type(output) is torch.Tensor else step_loss(output)
         if loss is None:  # the step asked to skip this batch (not the epoch's scheduler step)
             if is_last and self.lr_scheduler_configs:
