@@ -7,24 +7,28 @@ are the figure to cut, and they can be compared before / after a change to withi
 hundred instructions.
 
 How: one Python process runs under ``valgrind --tool=callgrind --instr-atstart=no`` (torch's
-import runs uninstrumented, fast). It warms every contender up with one run of N1 steps (so that lazy imports and
-first-call caches stay out of the counts), then
-turns instrumentation on through a callgrind client request (a tiny C helper compiled with
-``gcc`` against ``valgrind/callgrind.h`` into a temporary folder) and, for each contender and
-each of two step counts N1 < N2, zeroes the counters, trains (the contender from
-:mod:`benchmarks.contenders` on :class:`benchmarks.workload.Workload`, with the same epochs
-each time and no companion step) and dumps the counters under a label. The slope
-``(Ir(N2) - Ir(N1)) / (N2 - N1)`` is the instructions per step: building the runtime, fit's
-set-up and the epoch ends (the same number of epochs in both runs) cancel out. The heap is
-frozen (``gc.freeze()``) before the measured runs so that a full collection's walk over
-torch's objects cannot land in one run and not the other; ``PYTHONHASHSEED`` is fixed.
+import runs uninstrumented, fast). It warms every contender up with one run of N1 steps (lazy
+imports and first-call caches stay out of the counts), freezes the heap (``gc.freeze()``: a
+full collection's walk over torch's objects cannot land in one run and not another), turns
+instrumentation on through a callgrind client request (a tiny C helper compiled with ``gcc``
+against ``valgrind/callgrind.h`` into a temporary folder), then trains each contender (from
+:mod:`benchmarks.contenders`, on :class:`benchmarks.workload.Workload`, no companion step) for
+N1 and for N2 steps over the same epochs. The batches dump the counters when an epoch's first
+batch is handed over and when its last is, so each run's counts split into the epochs' steps
+(all but the last step of each epoch, with nothing of an epoch's start or end) and the edges
+(fit's set-up, each epoch's end and the next one's start). Reported per contender:
 
-``--top K`` adds, per contender, the K functions (C level, as callgrind sees them: Python
-functions show as the interpreter) whose self cost per step differs most from the
-baseline's, from ``callgrind_annotate``.
+- **per step**: the slope of the in-epoch counts, ``(steps(N2) - steps(N1)) / (N2 - N1)``: the
+  cost of one training batch, whatever an epoch's end does (a checkpoint written only when
+  ``val/loss`` improved would make a slope of whole runs depend on how training went);
+- **per epoch edge**: an epoch's end plus the next one's start (validation, epoch metrics,
+  checkpoints, progress lines), the mean over the N2 run's inner edges. The overhead section
+  amortises it over an epoch's batches: per step + edge / batches per epoch.
 
-Needs ``valgrind`` (with its headers) and ``gcc``; takes a few minutes (about 1–2 minutes of
-valgrind start-up and import, then ~10 s per 100 steps per contender on 2 cores).
+``PYTHONHASHSEED`` is fixed; repeated runs agree to within about a thousand instructions a step.
+
+Needs ``valgrind`` (with its headers) and ``gcc``; about 5 minutes on an idle 2-core machine
+(most of it valgrind starting torch).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +69,8 @@ def _build_helper(folder: Path) -> Path:
 
 # ---------------------------------------------------------------------- the worker (under valgrind)
 def _worker(helper: str, contenders: Sequence[str], steps: Sequence[int]) -> None:
-    """Warm up, then train each contender for each step count between zero / dump requests."""
+    """Warm up, then train each contender for each step count, dumping the counters at the
+    edges of every epoch's steps (see :func:`_phased`)."""
     import torch
 
     from benchmarks.contenders import CONTENDERS
@@ -77,72 +82,70 @@ def _worker(helper: str, contenders: Sequence[str], steps: Sequence[int]) -> Non
     torch.set_num_threads(1)
     workload = Workload()
     data = {n: workload.batches(workload.per_epoch(n)) for n in steps}
+
+    class Phased(TimedBatches):
+        """Dumps ``<label>:edge`` when an epoch's first batch is handed over (what ran since:
+        fit's set-up, or the previous epoch's end and this one's start) and ``<label>:steps``
+        when its last is (the epoch's first n - 1 whole steps, nothing of its start or end).
+        Without a label (the warm-up) it only hands the batches over."""
+
+        def __init__(self, batches: Sequence[Any], label: str | None) -> None:
+            super().__init__(batches)
+            self.label = label
+
+        def __iter__(self) -> Iterator[Any]:
+            last, label = len(self.batches) - 1, self.label
+            for index, batch in enumerate(self.batches):
+                if label is not None and index == 0:
+                    cg.busloop_cg_dump(f"{label}:edge".encode())
+                if label is not None and index == last:
+                    cg.busloop_cg_dump(f"{label}:steps".encode())
+                yield batch
+
     with tempfile.TemporaryDirectory(prefix="busloop-instr-") as tmp:
         ctx = RunContext(workload, Path(tmp), workload.val_batches_list())
 
-        def run(name: str, count: int) -> None:
+        def run(name: str, count: int, label: str | None) -> None:
             with quiet():
-                CONTENDERS[name].fit(ctx, TimedBatches(data[count]))
+                CONTENDERS[name].fit(ctx, Phased(data[count], label))
 
         for name in contenders:  # first-run costs (lazy imports, caches) stay out of the counts
-            run(name, steps[0])
+            run(name, steps[0], None)
         gc.collect()
         gc.freeze()
         cg.busloop_cg_start()
         for name in contenders:
             for count in steps:
                 cg.busloop_cg_zero()
-                run(name, count)
-                cg.busloop_cg_dump(f"{name}@{count}".encode())
+                run(name, count, f"{name}@{count}")
+                cg.busloop_cg_dump(f"{name}@{count}:edge".encode())  # the last epoch's end
 
 
 # ---------------------------------------------------------------------- the driver
-def _parts(folder: Path) -> dict[str, Path]:
-    """The dump files by label (``contender@steps``)."""
-    parts: dict[str, Path] = {}
+def _parts(folder: Path) -> dict[str, list[int]]:
+    """The dumps' totals by label (``contender@steps:steps`` / ``:edge``), in dump order."""
+    parts: dict[str, list[tuple[int, int]]] = {}
     for path in folder.glob("cg.out.*"):
-        with path.open() as handle:
-            for line in handle:
-                match = re.match(r"desc: Trigger: Client Request: (\S+)", line)
-                if match:
-                    parts[match.group(1)] = path
-                    break
-    return parts
-
-
-def _total(path: Path) -> int:
-    for line in path.read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"{path}: no totals line")
-
-
-def _functions(path: Path) -> dict[str, int]:
-    """Self cost (Ir) of every function in one dump, from ``callgrind_annotate``."""
-    out = subprocess.run(
-        ["callgrind_annotate", "--threshold=100", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    costs: dict[str, int] = {}
-    for line in out.splitlines():
-        match = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*?)(?: \[[^]]*\])?$", line)
-        if match and ":" in match.group(2):
-            name = match.group(2)
-            costs[name] = costs.get(name, 0) + int(match.group(1).replace(",", ""))
-    return costs
+        label, total = None, None
+        for line in path.read_text().splitlines():
+            match = re.match(r"desc: Trigger: Client Request: (\S+)", line)
+            if match:
+                label = match.group(1)
+            elif line.startswith(("summary:", "totals:")):
+                total = int(line.split()[1])
+        if label is not None and total is not None:
+            parts.setdefault(label, []).append((int(path.name.rsplit(".", 1)[1]), total))
+    return {label: [total for _, total in sorted(dumps)] for label, dumps in parts.items()}
 
 
 def measure(
-    contenders: Sequence[str] = DEFAULT_CONTENDERS,
-    steps: tuple[int, int] = (100, 300),
-    top: int = 0,
+    contenders: Sequence[str] = DEFAULT_CONTENDERS, steps: tuple[int, int] = (100, 300)
 ) -> dict[str, Any]:
-    """Run the worker under callgrind; returns per-contender instructions per step (the slope),
-    the difference to the first contender (the baseline), and with ``top`` the functions whose
-    self cost per step differs most from the baseline's."""
-    for tool in ("valgrind", "gcc", *(("callgrind_annotate",) if top else ())):
+    """Run the worker under callgrind. Returns, per contender, the instructions per step (the
+    slope of the in-epoch counts between the two runs) and per epoch edge (an epoch's end and
+    the next one's start, validation included: the mean over the longer run's inner edges),
+    and each one's difference to the first contender (the baseline)."""
+    for tool in ("valgrind", "gcc"):
         if shutil.which(tool) is None:
             raise SystemExit(f"benchmarks.instructions: needs {tool} on PATH")
     n1, n2 = steps
@@ -161,39 +164,44 @@ def measure(
                 f"the callgrind run failed ({done.returncode}):\n{done.stderr[-4000:]}"
             )
         parts = _parts(folder)
-        result: dict[str, Any] = {"steps": [n1, n2], "per_step": {}, "over_baseline": {}, "top": {}}
-        functions: dict[str, dict[str, float]] = {}
-        for name in contenders:
-            first, second = parts[f"{name}@{n1}"], parts[f"{name}@{n2}"]
-            result["per_step"][name] = (_total(second) - _total(first)) / (n2 - n1)
-            if top:
-                low, high = _functions(first), _functions(second)
-                functions[name] = {
-                    f: (high.get(f, 0) - low.get(f, 0)) / (n2 - n1) for f in {*low, *high}
-                }
+    result: dict[str, Any] = {
+        "steps": [n1, n2],
+        "per_step": {},
+        "per_epoch_edge": {},
+        "over_baseline": {},
+    }
+    for name in contenders:
+        low, high = sum(parts[f"{name}@{n1}:steps"]), sum(parts[f"{name}@{n2}:steps"])
+        result["per_step"][name] = (high - low) / (n2 - n1)
+        inner_edges = parts[f"{name}@{n2}:edge"][1:-1]  # not fit's set-up, not the last epoch's end
+        result["per_epoch_edge"][name] = sum(inner_edges) / max(len(inner_edges), 1)
     baseline = contenders[0]
     for name in contenders[1:]:
-        result["over_baseline"][name] = result["per_step"][name] - result["per_step"][baseline]
-        if top:
-            base = functions[baseline]
-            diff = {f: cost - base.get(f, 0.0) for f, cost in functions[name].items()}
-            diff.update({f: -cost for f, cost in base.items() if f not in diff})
-            ranked = sorted(diff.items(), key=lambda item: -abs(item[1]))[:top]
-            result["top"][name] = [[f, round(cost)] for f, cost in ranked]
+        result["over_baseline"][name] = {
+            key: result[key][name] - result[key][baseline] for key in ("per_step", "per_epoch_edge")
+        }
     return result
 
 
 def _print(result: dict[str, Any]) -> None:
     n1, n2 = result["steps"]
-    print(f"Instructions per step (callgrind Ir, slope between {n1} and {n2} steps)")
     base = next(iter(result["per_step"]))
+    print(
+        f"Instructions (callgrind Ir): per step = slope of the in-epoch counts between {n1} and {n2} steps;"
+    )
+    print("per epoch edge = an epoch's end and the next one's start (validation included)")
+    print(
+        f"  {'contender':<20}{'per step':>12}{'over ' + base:>18}{'per epoch edge':>18}{'over ' + base:>18}"
+    )
     for name, per_step in result["per_step"].items():
-        extra = "" if name == base else f"   {result['over_baseline'][name]:+10,.0f} over {base}"
-        print(f"  {name:<28}{per_step:12,.0f}{extra}")
-    for name, rows in result["top"].items():
-        print(f"\n{name}: functions whose self cost per step differs most from {base}'s")
-        for function, cost in rows:
-            print(f"  {cost:+9,d}  {function}")
+        edge = result["per_epoch_edge"][name]
+        over = result["over_baseline"].get(name)
+        extra = (
+            ("", "")
+            if over is None
+            else (f"{over['per_step']:+,.0f}", f"{over['per_epoch_edge']:+,.0f}")
+        )
+        print(f"  {name:<20}{per_step:12,.0f}{extra[0]:>18}{edge:18,.0f}{extra[1]:>18}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -207,9 +215,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--steps", default="100,300", help="the two step counts N1,N2 (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--top", type=int, default=0, help="list the K functions differing most from the baseline"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
@@ -230,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if unknown
             else "--steps: give N1,N2 with 0 < N1 < N2"
         )
-    result = measure(contenders, (n1, n2), args.top)
+    result = measure(contenders, (n1, n2))
     print(json.dumps(result, indent=2) if args.json else "", end="\n" if args.json else "")
     if not args.json:
         _print(result)
