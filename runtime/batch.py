@@ -55,9 +55,11 @@ def plain_batch_function(rt: Runtime) -> BatchFunction | None:
     metrics, st, cfg, ev = rt.metrics, rt.state, rt.config.trainer, rt.bus.event
     before_zero_grad, before_backward = ev.before_zero_grad, ev.before_backward
     after_backward, before_optimizer_step = ev.after_backward, ev.before_optimizer_step
+    previous_loss: Tensor | None = None
 
     def plain_batch(batch: Any, batch_idx: int, is_last: bool) -> dict[str, Any]:
         """The loss, zero_grad, backward, clip, optimizer step and step schedulers of one batch."""
+        nonlocal previous_loss
         loss_fn, optimizer = rt.loss_fn, rt.optimizer
         if (
             (type(batch) is not tuple and type(batch) is not list)
@@ -94,6 +96,10 @@ def plain_batch_function(rt: Runtime) -> BatchFunction | None:
         if cfg.gradient_clip_val is not None:
             clip_gradients(optimizer, cfg.gradient_clip_val, cfg.gradient_clip_algorithm)
         optimizer.step()
+        # Keep this step's graph (its buffers were freed by backward) until the next forward
+        # has built its own, as a hand-written loop's ``loss`` variable does: autograd then
+        # reuses the parameters' gradient accumulators instead of building new ones per step.
+        previous_loss = loss
         st.global_step += 1
         if rt.lr_scheduler_configs:
             rt._step_schedulers("step", batch_idx + 1)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -151,7 +151,7 @@ class Runtime(RuntimeCore):
         batch_start, batch_end = ev.train_batch_start, ev.train_batch_end
         training_batch, transfer = self._batch_function(), self._transfer  # DDP: no_sync while accumulating
         log_every, last_logged = cfg.log_every_n_steps, self._logged_step
-        max_steps = math.inf if st.max_steps is None else st.max_steps
+        max_steps = sys.maxsize if st.max_steps is None else st.max_steps  # an int: int compares are cheapest
         self._val_pending = False
         for batch_idx, batch in zip(range(skip, n), batches, strict=False):  # range first: no extra fetch
             if transfer is not None:  # to the device, through the model's batch-transfer hooks
