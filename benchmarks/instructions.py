@@ -3,8 +3,7 @@
 Timings on a busy machine are noisy; instruction counts are not. On the overhead section's
 tiny workload a step's cost tracks its instruction count closely (low IPC: about 0.8 ns per
 instruction here), so the per-step instructions a runtime adds over the hand-written loop
-are the figure to cut, and they can be compared before / after a change to within a few
-hundred instructions.
+are the figure to cut, and they can be compared before / after a change.
 
 How: one Python process runs under ``valgrind --tool=callgrind --instr-atstart=no`` (torch's
 import runs uninstrumented, fast). It warms every contender up with one run of N1 steps (lazy
@@ -25,7 +24,9 @@ batch is handed over and when its last is, so each run's counts split into the e
   checkpoints, progress lines), the mean over the N2 run's inner edges. The overhead section
   amortises it over an epoch's batches: per step + edge / batches per epoch.
 
-``PYTHONHASHSEED`` is fixed; repeated runs agree to within about a thousand instructions a step.
+``PYTHONHASHSEED`` is fixed. Repeated runs of the same contender list agree to within about
+1.5 thousand instructions a step (the heap's state, which the contenders run before shapes,
+moves malloc's costs), so differences under ~3 thousand are noise; compare like with like.
 
 Needs ``valgrind`` (with its headers) and ``gcc``; about 5 minutes on an idle 2-core machine
 (most of it valgrind starting torch).
