@@ -84,10 +84,10 @@ def batch_size_of(batch: Any) -> int:
     """The size of the first dimension of the first tensor found in ``batch`` (else 1)."""
     if type(batch) in (tuple, list) and batch:
         first = batch[0]  # fast path: (inputs, targets, ...) with batched inputs
-        if isinstance(first, torch.Tensor) and first.ndim:
-            size = len(first)  # == shape[0], without building a torch.Size
-            if size:
-                return size
+        if isinstance(first, torch.Tensor):
+            shape = first.shape  # empty for a 0-d tensor; len(first) is a Python-level call
+            if shape and shape[0]:
+                return shape[0]
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.ndim else 1
     if isinstance(batch, Mapping):

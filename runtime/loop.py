@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from itertools import count
 from typing import Any
@@ -155,7 +155,7 @@ class Runtime(RuntimeCore):
         batch_start, batch_end = ev.train_batch_start, ev.train_batch_end
         training_batch, transfer = self._batch_function(), self._transfer  # DDP: no_sync while accumulating
         log_every, last_logged = cfg.log_every_n_steps, self._logged_step
-        max_steps = math.inf if st.max_steps is None else st.max_steps
+        max_steps = sys.maxsize if st.max_steps is None else st.max_steps  # an int: int compares are cheapest
         self._val_pending = False
         for batch_idx, batch in zip(indices, batches, strict=False):  # indices first: no extra fetch
             if transfer is not None:  # to the device, through the model's batch-transfer hooks
@@ -186,19 +186,26 @@ class Runtime(RuntimeCore):
     def _training_batch(self, batch: Any, batch_idx: int, is_last: bool) -> dict[str, Any]:
         """training_step, zero_grad, backward, clip, optimizer step, step schedulers.
 
-        The hot path. Each line runs once per batch between kernels that evict the CPU's
-        caches, so every attribute chain and call shows in the per-step overhead that
-        ``python -m benchmarks`` measures: settings are read once, optional work sits
-        behind one test.
+        The general path: every feature (accumulation, mixed precision, Lightning-style steps,
+        skip_backward, a training strategy). A plain module trains its batches through
+        :func:`runtime.batch.plain_batch_function`, the same work in one call, and falls back
+        to this one for any batch that needs a feature it leaves out. Each line runs once per
+        batch between kernels that evict the CPU's caches, so every attribute chain and call
+        shows in the per-step overhead that ``python -m benchmarks`` measures.
         """
-        ev, optimizer, scaler = self.bus.event, self.optimizer, self.scaler
-        assert optimizer is not None
-        accumulate = self.accumulate_grad_batches
         if self._autocast is None:
             output = self._training_step(batch, batch_idx)
         else:
             with self._autocast:
                 output = self._training_step(batch, batch_idx)
+        return self._optimize(output, batch_idx, is_last)
+
+    def _optimize(self, output: Any, batch_idx: int, is_last: bool) -> dict[str, Any]:
+        """The rest of :meth:`_training_batch` once the step returned ``output``: record the
+        loss, zero_grad, backward, clip, optimizer step, step schedulers; returns the outputs."""
+        ev, optimizer, scaler = self.bus.event, self.optimizer, self.scaler
+        assert optimizer is not None
+        accumulate = self.accumulate_grad_batches
         loss = output if type(output) is torch.Tensor else step_loss(output)
         if loss is None:  # the step asked to skip this batch: the bridge says what still runs
             return self._bridge.skipped_batch(self, output, batch_idx, is_last)

@@ -273,8 +273,7 @@ def zero_grad(optimizer: torch.optim.Optimizer) -> None:
         return
     for group in optimizer.param_groups:
         for param in group["params"]:
-            if param.grad is not None:
-                param.grad = None
+            param.grad = None  # a no-op where it is None already: no need to read it first
 
 
 def plateau_value(metrics: Mapping[str, float], config: SchedulerConfig) -> float | None:

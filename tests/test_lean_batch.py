@@ -1,0 +1,198 @@
+"""The lean batch function of a plain module (``runtime/batch.py``) trains exactly as the
+loop's general ``_training_batch``: same weights, metrics and events, bit for bit, and it
+honours what callbacks change during a run (a receiver connected to an optimization event,
+an optimizer's ``zero_grad`` patched on the instance, ``skip_backward``, accumulation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import runtime.core
+from conftest import base_config, make_loader, make_model
+from runtime import Callback, Runtime
+from runtime.batch import plain_batch_function
+from runtime.errors import ConfigError
+from runtime.tracking import NullTracker
+
+F = nn.functional
+
+_STEP_LR = {"name": "StepLR", "params": {"step_size": 3, "gamma": 0.5}, "interval": "step"}
+
+
+@pytest.fixture
+def lean_choices(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the loop chose the lean function, at every epoch start."""
+    chosen: list[bool] = []
+
+    def spy(rt: Any) -> Any:
+        function = plain_batch_function(rt)
+        chosen.append(function is not None)
+        return function
+
+    monkeypatch.setattr(runtime.core, "plain_batch_function", spy)
+    return chosen
+
+
+def _fit(callbacks: list[Any], scheduler: dict[str, Any] | None = None, **trainer: Any) -> Runtime:
+    cfg = base_config(epochs=2, **trainer)
+    if scheduler is not None:
+        cfg["scheduler"] = scheduler
+    rt = Runtime(make_model(), callbacks, cfg, loss=F.cross_entropy, tracker=NullTracker())
+    rt.fit(make_loader(80, batch_size=16, shuffle=True), make_loader(32, batch_size=10))
+    return rt
+
+
+def _same_run(lean: Runtime, general: Runtime) -> None:
+    assert lean.state.global_step == general.state.global_step
+    lean_weights, general_weights = lean.model.state_dict(), general.model.state_dict()
+    assert all(torch.equal(lean_weights[k], general_weights[k]) for k in general_weights)
+    assert lean.state.history == general.state.history  # train/loss and val/loss, every epoch
+    a, b = lean.optimizer.state_dict()["state"], general.optimizer.state_dict()["state"]  # type: ignore[union-attr]
+    assert a.keys() == b.keys() and all(
+        torch.equal(a[k]["momentum_buffer"], b[k]["momentum_buffer"]) for k in a
+    )
+
+
+class _Events(Callback):
+    """Records every optimization event and logs a value without a batch size."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def on_before_zero_grad(self, runtime: Runtime, optimizer: Any) -> None:
+        self.seen.append(("before_zero_grad", runtime.state.global_step))
+
+    def on_before_backward(self, runtime: Runtime, loss: torch.Tensor) -> None:
+        self.seen.append(("before_backward", runtime.state.global_step))
+
+    def on_after_backward(self, runtime: Runtime) -> None:
+        self.seen.append(("after_backward", runtime.state.global_step))
+
+    def on_before_optimizer_step(self, runtime: Runtime, optimizer: Any) -> None:
+        self.seen.append(("before_optimizer_step", runtime.state.global_step))
+
+    def on_train_batch_end(
+        self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.seen.append(("loss", int(outputs["loss"].requires_grad)))
+        runtime.log("first_input", batch[0][0, 0])  # weighted by the batch's size
+
+
+class _Flips(Callback):
+    """From batch ``at`` of the first epoch on, sets ``attribute`` to ``value``."""
+
+    def __init__(self, attribute: str, value: Any, at: int = 2) -> None:
+        self.attribute, self.value, self.at = attribute, value, at
+
+    def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+        if runtime.state.epoch == 0 and batch_idx == self.at:
+            setattr(runtime, self.attribute, self.value)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {},
+        {"gradient_clip_val": 0.05},
+        {"gradient_clip_val": 0.01, "gradient_clip_algorithm": "value", "scheduler": _STEP_LR},
+        {"flip": ("skip_backward", True)},  # forward-only batches from mid-epoch on
+        {"flip": ("accumulate_grad_batches", 2)},  # accumulation switched on mid-epoch
+    ],
+    ids=["plain", "clip-norm", "clip-value-step-scheduler", "skip-backward", "accumulate"],
+)
+def test_the_lean_path_trains_bitwise_as_the_general_path(
+    monkeypatch: pytest.MonkeyPatch, lean_choices: list[bool], case: dict[str, Any]
+) -> None:
+    case = dict(case)
+    flip = case.pop("flip", None)
+
+    def callbacks() -> list[Any]:
+        return [_Events(), *([_Flips(*flip)] if flip else [])]
+
+    lean_callbacks = callbacks()
+    lean = _fit(lean_callbacks, **case)
+    assert lean_choices[0] is True  # the first epoch ran the lean function
+    monkeypatch.setattr(runtime.core, "plain_batch_function", lambda rt: None)
+    general_callbacks = callbacks()
+    general = _fit(general_callbacks, **case)
+    _same_run(lean, general)
+    assert lean_callbacks[0].seen == general_callbacks[0].seen
+    assert "train/first_input" in lean.state.metrics
+
+
+def test_the_lean_path_is_chosen_for_plain_modules_only(lean_choices: list[bool]) -> None:
+    _fit([])
+    assert lean_choices == [True, True]
+    lean_choices.clear()
+    _fit([], accumulate_grad_batches=2)
+    assert lean_choices == [False, False]
+    lean_choices.clear()
+    _fit([], precision="bf16-mixed")
+    assert lean_choices == [False, False]
+
+    class Stepping(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_model()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    lean_choices.clear()
+    Runtime(Stepping(), [], {"trainer": {"epochs": 1}}, tracker=NullTracker()).fit(make_loader())
+    assert lean_choices == [False]
+
+
+def test_a_receiver_connected_mid_run_is_called(lean_choices: list[bool]) -> None:
+    calls: list[int] = []
+
+    def before_backward(runtime: Runtime, loss: torch.Tensor) -> None:
+        calls.append(runtime.state.global_step)
+
+    class ConnectsLate(Callback):
+        def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+            if runtime.state.global_step == 3:
+                runtime.bus.connect("before_backward", before_backward)
+            if runtime.state.global_step == 7:
+                runtime.bus.disconnect("before_backward", before_backward)
+
+    _fit([ConnectsLate()])
+    assert lean_choices[0] is True
+    assert calls == [3, 4, 5, 6]
+
+
+def test_a_zero_grad_patched_on_the_optimizer_mid_run_is_called(lean_choices: list[bool]) -> None:
+    calls: list[tuple[int, bool]] = []
+
+    class PatchesZeroGrad(Callback):
+        def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+            optimizer = runtime.optimizer
+            if runtime.state.global_step == 2 and "zero_grad" not in vars(optimizer):
+                original = optimizer.zero_grad  # type: ignore[union-attr]
+
+                def wrapper(set_to_none: bool = True) -> None:
+                    calls.append((runtime.state.global_step, set_to_none))
+                    original(set_to_none=set_to_none)
+
+                optimizer.zero_grad = wrapper  # type: ignore[method-assign,union-attr]
+
+    rt = _fit([PatchesZeroGrad()])
+    assert lean_choices[0] is True
+    assert calls == [(step, True) for step in range(2, rt.state.global_step)]
+
+
+def test_bad_plain_batches_and_a_missing_loss_fail_as_before() -> None:
+    model = make_model()
+    rt = Runtime(model, [], base_config(epochs=1), loss=F.cross_entropy, tracker=NullTracker())
+    with pytest.raises(TypeError, match=r"trained on \(inputs, targets\) batches; got dict"):
+        rt.fit([{"x": torch.randn(4, 8), "y": torch.zeros(4, dtype=torch.long)}])
+    rt = Runtime(make_model(), [], base_config(epochs=1), tracker=NullTracker())
+    with pytest.raises(ConfigError, match="needs a loss function"):
+        rt.fit(make_loader())
