@@ -380,13 +380,23 @@ class RuntimeCore:
 
     def _val_check_batches(self, n: int | EpochEnd) -> tuple[int | float, object]:
         """``(every, end)``: validation is due after a batch when ``done % every == 0 or
-        done == end`` (an epoch of unknown length: :func:`runtime.unsized.val_schedule`)."""
+        done == end`` (an epoch of unknown length: :func:`runtime.unsized.val_schedule`).
+
+        As Lightning 2.6: a float interval validates every ``int(n * interval)`` batches, an
+        int every ``interval``; only at those multiples, so the epoch's last batch validates
+        only when it is one (``1.0``: after the last batch)."""
         interval = self.config.trainer.val_check_interval
         if isinstance(n, EpochEnd):
             return val_schedule(interval, n)
         if isinstance(interval, float):
-            return (n if interval >= 1.0 else max(1, int(n * interval))), n
-        return interval, n
+            return (n if interval >= 1.0 else max(1, int(n * interval))), None
+        if interval > n > 0 and self.config.trainer.check_val_every_n_epoch is not None:
+            raise ConfigError(
+                f"trainer.val_check_interval: {interval} batches is more than an epoch's "
+                f"{n} training batches, so validation would never run (set limit_val_batches to "
+                "0 to turn it off, or a smaller interval)"
+            )
+        return interval, None
 
     def _is_val_epoch(self) -> bool:
         every = self.config.trainer.check_val_every_n_epoch

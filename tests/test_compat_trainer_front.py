@@ -508,3 +508,41 @@ def test_precision_names_and_sanity_steps_are_lightnings() -> None:
             theirs.num_sanity_val_steps,
         )
     assert Trainer(precision="16-mixed", **QUIET).precision == "16-mixed"
+
+
+# ---------------------------------------------------------------------- when validation runs
+class ValSteps(BoringModel):
+    """Records the global step at each validation inside fit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.val_at: list[int] = []
+
+    def on_validation_start(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.val_at.append(self.trainer.global_step)
+
+
+@pytest.mark.parametrize(
+    "interval", [2, 3, 0.4, 0.5, 1.0], ids=["int2", "int3", "frac0.4", "frac0.5", "end"]
+)
+def test_validation_runs_at_lightnings_batches_not_also_at_the_epoch_end(interval: Any) -> None:
+    """Lightning validates at multiples of the interval only: with 5 batches and interval 2,
+    after batches 2 and 4 of each epoch, not after the last one too."""
+    runs = {}
+    for trainer_cls in (pl.Trainer, Trainer):
+        torch.manual_seed(0)
+        model = ValSteps()
+        trainer_cls(
+            max_epochs=2, limit_train_batches=5, limit_val_batches=1, val_check_interval=interval, **QUIET
+        ).fit(model, _fixed_loader(10), _fixed_loader(4))
+        runs[trainer_cls.__module__] = model.val_at
+    assert runs["compat.trainer_front"] == runs["lightning.pytorch.trainer.trainer"]
+    assert runs["compat.trainer_front"]  # validation ran
+
+
+def test_an_int_interval_longer_than_the_epoch_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="val_check_interval: 7 batches is more than an epoch's 5"):
+        Trainer(max_epochs=1, limit_train_batches=5, val_check_interval=7, **QUIET).fit(
+            ValSteps(), _fixed_loader(10), _fixed_loader(4)
+        )
