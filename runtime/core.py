@@ -290,7 +290,8 @@ class RuntimeCore:
 
     def _log_failure(self, exc: BaseException) -> None:
         """Log the error that ends the run (a front may announce it its own way)."""
-        log.error("Run failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        user_mistake = isinstance(exc, ConfigError)  # its message names the key: no traceback
+        log.error("Run failed: %s: %s", type(exc).__name__, exc, exc_info=None if user_mistake else exc)
 
     def _open_tracker(self) -> None:
         """The tracker the config describes. A fit that resumes from a checkpoint inside a
@@ -334,6 +335,8 @@ class RuntimeCore:
         st.num_training_batches = as_count(num_batches(train_loader, self.config.trainer.limit_train_batches))
         check_val_check_interval(self.config.trainer.val_check_interval, st.num_training_batches)
         st.num_val_batches = self._count_val_batches(val_loader)
+        if st.num_val_batches and not math.isinf(st.num_training_batches):
+            self._val_check_batches(int(st.num_training_batches))  # refuses an impossible interval now
 
     def _configure_optimization(self) -> None:
         """Model to device, DDP wrapping, optimizer, schedulers, grad scaler."""

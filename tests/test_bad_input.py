@@ -386,3 +386,28 @@ def test_any_override_loads_or_raises_config_error(overrides: list[tuple[str, st
         load_config({}, [f"{key}={value}" for key, value in overrides])
     except ConfigError as exc:
         assert exc.problems and all(line.strip() and "\n" not in line for line in exc.problems)
+
+
+def test_an_impossible_val_check_interval_is_refused_before_fit_start_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A data-dependent setting (an int interval longer than the epoch: validation would never
+    run) is refused as soon as the loaders are known: before fit_start, one line naming the key,
+    and the log's "Run failed" record carries no traceback for this user mistake."""
+    started: list[str] = []
+
+    class FitStart:
+        def on_fit_start(self, runtime: Runtime) -> None:
+            started.append("fit_start")
+
+    rt = Runtime(
+        make_model(), [FitStart()], base_config(val_check_interval=100), loss=torch.nn.functional.cross_entropy,
+        tracker=NullTracker(),
+    )
+    with caplog.at_level("ERROR", logger="busloop"), pytest.raises(
+        ConfigError, match="trainer.val_check_interval: 100 batches is more than an epoch's 6"
+    ):
+        rt.fit(make_loader(), make_loader(32))
+    assert started == []
+    failed = [r for r in caplog.records if r.getMessage().startswith("Run failed")]
+    assert len(failed) == 1 and failed[0].exc_info is None
