@@ -460,3 +460,47 @@ def test_plain_text_lines_print_what_rich_prints_off_a_terminal(text: str) -> No
     assert fast_file.getvalue() == rich_file.getvalue()
     skipped = fast._plain_text_lines(renderables) is not None
     assert skipped is ("\t" not in text and "\n" not in text and len(text) <= 160)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[Epoch 3/4] Duration: 0.12s | Train Loss: 1.23456",
+        "a  b  ",
+        "é wide 日本語 " * 20,
+        "x" * 161,
+        "two\nlines\n\nand a blank",
+        "ends with a newline\n",
+        "tab\there",
+        "bell\x07 cr\r back\x08 esc \x1b[1mbold",
+        "zero\u200bwidth",
+        "",
+    ],
+)
+def test_plain_writes_are_what_rich_writes_off_a_terminal(text: str) -> None:
+    """Off a terminal, a console the output made itself is written to directly (no render
+    pass) when every line is printable; the bytes are rich's, and anything rich would change
+    (tabs, control codes) still goes through rich."""
+    from callbacks.progress.console import ConsoleOutput
+
+    fast_file, rich_file = io.StringIO(), io.StringIO()
+    fast = ConsoleOutput(logging.getLogger("test.fast"), file=fast_file)
+    fast.print_text(text)
+    Console(file=rich_file, highlight=False, width=fast.console.width).out(text, highlight=False)
+    assert fast_file.getvalue() == rich_file.getvalue()
+
+    direct = all(line.isprintable() for line in text.split("\n"))
+    assert fast._write_plain(text + "\n") is direct
+    assert fast_file.getvalue() == rich_file.getvalue() + (text + "\n" if direct else "")
+
+
+def test_a_console_given_to_the_output_is_always_written_through_rich() -> None:
+    """A caller's console may record, capture or draw: printing goes through it, never
+    around it, so a recording console keeps every line."""
+    from callbacks.progress.console import ConsoleOutput
+
+    console = Console(file=io.StringIO(), record=True, highlight=False)
+    output = ConsoleOutput(logging.getLogger("test.given"), console=console)
+    output.print_text("[Epoch 1/1] Duration: 0.01s | Train Loss: 0.50000")
+    assert output._write_plain("x\n") is False
+    assert console.export_text() == "[Epoch 1/1] Duration: 0.01s | Train Loss: 0.50000\n"

@@ -124,14 +124,22 @@ class ConsoleOutput:
         console: Console | None = None,
     ) -> None:
         self.logger = logger
+        self._fixed_width: int | None = None
+        """The width set here on a console made here (rich then always reports it; asking
+        rich costs terminal-size system calls)."""
+        self._own_console = console is None
+        """Whether the console was made here, so nothing else records, captures or draws
+        through it (see :meth:`_write_plain`)."""
         if console is None:
             console = Console(file=file, highlight=False)
             if file is None and console.is_terminal:
                 # On a terminal: rich's global console, the one the CLI's log handler prints
                 # through, so that log records go above the live bar, never onto its line.
                 console = get_console()
+                self._own_console = False
             elif not console.is_terminal and "COLUMNS" not in os.environ:
-                console.width = _NON_TTY_WIDTH  # tables are never squeezed in CI logs
+                self._fixed_width = _NON_TTY_WIDTH  # tables are never squeezed in CI logs
+                console.width = self._fixed_width
         self.console = console
 
     @property
@@ -171,8 +179,9 @@ class ConsoleOutput:
                     for renderable in renderables:
                         self.console.print(renderable)
                 printed = capture.get()
-            self.console.out(printed, end="", highlight=False)
-            self.file.flush()
+            if not self._write_plain(printed):
+                self.console.out(printed, end="", highlight=False)
+                self.file.flush()
             text = log_text if log_text is not None else printed
         mirror_to_log(self.logger, text)
 
@@ -183,12 +192,13 @@ class ConsoleOutput:
         console = self.console
         if console.color_system is not None:
             return None
+        width = self._fixed_width or console.width
         lines = []
         for renderable in renderables:
             if type(renderable) is not Text or renderable.justify or renderable.overflow:
                 return None
             plain = renderable.plain
-            if renderable.end != "\n" or not plain.isprintable() or cell_len(plain) > console.width:
+            if renderable.end != "\n" or not plain.isprintable() or cell_len(plain) > width:
                 return None
             lines.append(plain + "\n")
         return "".join(lines)
@@ -197,7 +207,40 @@ class ConsoleOutput:
         """Print plain ``text`` as is (no markup, no wrapping) and mirror it."""
         if self.is_terminal:
             self.console.print(Text(text, style=style or ""), soft_wrap=True)
-        else:
+        elif not self._write_plain(text + "\n"):
             self.console.out(text, highlight=False)
             self.file.flush()
         mirror_to_log(self.logger, text)
+
+    def _write_plain(self, text: str) -> bool:
+        """Off a terminal, write ``text`` to the file as it is and flush; False (nothing
+        written) when rich has to write it.
+
+        What ``console.out(text, end="", highlight=False)`` writes when every line is
+        printable (no tab to expand, no control code to strip; ``out`` never wraps or crops)
+        and the console is plain: made here (no capture, recording or live display a caller
+        set up on it), no colours, not quiet, not Jupyter's or a legacy Windows console.
+        rich's render pass costs a few hundred µs per call, the write a few: it runs at every
+        epoch end. On an encoding error rich writes (and raises its own error, with its hint);
+        a broken pipe is rich's too (:meth:`rich.console.Console.on_broken_pipe`).
+        """
+        console = self.console
+        if (
+            not self._own_console
+            or console.color_system is not None
+            or console.record
+            or console.quiet
+            or console.is_jupyter
+            or console.legacy_windows
+            or not all(line.isprintable() for line in text.split("\n"))
+        ):
+            return False
+        file = console.file
+        try:
+            file.write(text)
+            file.flush()
+        except UnicodeEncodeError:  # raised before anything is written: rich reports it
+            return False
+        except BrokenPipeError:
+            console.on_broken_pipe()
+        return True
