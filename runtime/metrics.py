@@ -141,10 +141,13 @@ class MetricStore:
         logs = self._logs.get(prefix)
         if logs:
             names = list(logs)
-            sums = torch.stack([_weighted_sum(*logs[n]) for n in names])
-            counts = torch.tensor([float(sum(logs[n][1])) for n in names], dtype=torch.float64)
-            totals = dist.all_reduce_sum(torch.cat([sums.cpu(), counts]).to(self.reduce_device()))
-            values = (totals[: len(names)] / totals[len(names) :]).tolist()
+            if dist.is_available_and_initialized() and dist.world_size() > 1:
+                sums = torch.stack([_weighted_sum(*logs[n]) for n in names])
+                counts = torch.tensor([float(sum(logs[n][1])) for n in names], dtype=torch.float64)
+                totals = dist.all_reduce_sum(torch.cat([sums.cpu(), counts]).to(self.reduce_device()))
+                values = (totals[: len(names)] / totals[len(names) :]).tolist()
+            else:  # one process: the same float64 division, without the collective's tensors
+                values = [_weighted_sum(*logs[n]).item() / float(sum(logs[n][1])) for n in names]
             reduced = dict(zip(names, values, strict=True))
             self._epoch_metrics.setdefault(prefix, {}).update(reduced)
             self.state.metrics.update(reduced)
@@ -226,12 +229,14 @@ class MetricStore:
 
 
 def _weighted_sum(values: list[Any], sizes: list[int]) -> torch.Tensor:
+    """``sum(value * size)`` in float64 on the CPU, as a 0-d tensor."""
     stacked: torch.Tensor | None = None
-    if all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in values):
-        try:  # one stack for the epoch instead of three tensor ops per logged value
-            stacked = torch.stack(values).to(device="cpu", dtype=torch.float64)
-        except RuntimeError:  # values on several devices
-            stacked = None
-    if stacked is None:
+    try:  # one stack for the epoch instead of three tensor ops per logged value
+        stacked = torch.stack(values)
+    except (TypeError, RuntimeError):  # not all tensors, shapes that differ, several devices
+        stacked = None
+    if stacked is not None and stacked.ndim == 1:  # every value a 0-d tensor
+        stacked = stacked.to(device="cpu", dtype=torch.float64)
+    else:
         stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu().reshape(()) for v in values])
     return (stacked * torch.tensor(sizes, dtype=torch.float64)).sum()

@@ -247,6 +247,36 @@ def test_metrics_are_batch_size_weighted_means() -> None:
     assert rt.state.metrics["train/size"] == pytest.approx((16 * 16 + 16 * 16 + 8 * 8) / 40)
 
 
+def test_one_process_reduction_is_the_collective_ones_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process reduces without the collective's tensors; the epoch means are the float64
+    values the all-reduce path computes, for tensors of any count, Python numbers, sizes that
+    differ and 1-element tensors (the fallback)."""
+    from runtime import distributed as dist
+    from runtime.metrics import MetricStore
+    from runtime.state import LoopState
+
+    generator = torch.Generator().manual_seed(3)
+    logs = {
+        "train/loss": ([torch.rand((), generator=generator) for _ in range(401)], [64] * 400 + [17]),
+        "train/acc": ([float(i) / 7 for i in range(9)], list(range(1, 10))),
+        "train/one": ([torch.rand(1, generator=generator) for _ in range(5)], [3] * 5),
+        "train/single": ([torch.tensor(0.1, dtype=torch.float64)], [1]),
+    }
+
+    def reduced() -> dict[str, float]:
+        store = MetricStore(LoopState(), torch.device("cpu"))
+        store.begin_stage("train")
+        store.active.update({name: (list(values), list(sizes)) for name, (values, sizes) in logs.items()})
+        return store.reduce("train")
+
+    one_process = reduced()
+    monkeypatch.setattr(dist, "is_available_and_initialized", lambda: True)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce_sum", lambda t: t)  # a second rank that logged nothing
+    assert one_process == reduced()
+    assert one_process["train/single"] == 0.1
+
+
 
 
 @pytest.mark.parametrize(
