@@ -264,7 +264,8 @@ class Runtime(RuntimeCore):
             ev.train_epoch_end.emit(self)
             self._publish_epoch_metrics("train", self.metrics.reduce("train"))
             self.metrics.end_epoch("train")
-            self._log_epoch_summary()
+            if log.isEnabledFor(logging.DEBUG):  # the summary line is formatted only for DEBUG
+                self._log_epoch_summary()
         if st.batch_idx >= st.num_training_batches or st.loader_done:
             self._step_schedulers("epoch", st.epoch + 1, plateau=True)
         st.epoch += 1
@@ -416,9 +417,9 @@ class Runtime(RuntimeCore):
             return output
         if self.loss_fn is None:
             return self.model(inputs_of(batch))
-        loss = plain_loss(self.loss_fn, self._train_model, batch)
-        self.metrics.record(loader_name(f"{prefix}/loss", dataloader_idx), loss.detach(), None)
-        return {"loss": loss.detach()}
+        loss = plain_loss(self.loss_fn, self._train_model, batch).detach()  # one detach: both uses
+        self.metrics.record_step(loader_name(f"{prefix}/loss", dataloader_idx), loss)
+        return {"loss": loss}
 
     def _publish_epoch_metrics(self, stage: str, metrics: dict[str, float]) -> None:
         """Record a stage's epoch metrics in history and the tracker, then emit the event."""
