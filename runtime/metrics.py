@@ -239,4 +239,9 @@ def _weighted_sum(values: list[Any], sizes: list[int]) -> torch.Tensor:
         stacked = stacked.to(device="cpu", dtype=torch.float64)
     else:
         stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu().reshape(()) for v in values])
-    return (stacked * torch.tensor(sizes, dtype=torch.float64)).sum()
+    first = sizes[0] if sizes else None
+    if type(first) is int and sizes.count(first) == len(sizes):  # one batch size: the same tensor,
+        weights = torch.full((len(sizes),), float(first), dtype=torch.float64)  # without a list walk
+    else:
+        weights = torch.tensor(sizes, dtype=torch.float64)
+    return (stacked * weights).sum()

@@ -252,7 +252,7 @@ def test_one_process_reduction_is_the_collective_ones_bit_for_bit(monkeypatch: p
     values the all-reduce path computes, for tensors of any count, Python numbers, sizes that
     differ and 1-element tensors (the fallback)."""
     from runtime import distributed as dist
-    from runtime.metrics import MetricStore
+    from runtime.metrics import MetricStore, _weighted_sum
     from runtime.state import LoopState
 
     generator = torch.Generator().manual_seed(3)
@@ -275,6 +275,9 @@ def test_one_process_reduction_is_the_collective_ones_bit_for_bit(monkeypatch: p
     monkeypatch.setattr(dist, "all_reduce_sum", lambda t: t)  # a second rank that logged nothing
     assert one_process == reduced()
     assert one_process["train/single"] == 0.1
+    values = logs["train/loss"][0]
+    reference = (torch.stack(values).double() * torch.tensor([64] * 401, dtype=torch.float64)).sum()
+    assert _weighted_sum(values, [64] * 401).item() == reference.item()  # one size: the same weights
 
 
 
