@@ -29,6 +29,7 @@ import re
 import tempfile
 import time
 import warnings
+from array import array
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,22 @@ def _numpy() -> Any:
     return numpy
 
 
+#: ``array`` type code of an unsigned 64-bit integer (``L`` is 4 bytes on Windows).
+_WORD64 = "L" if array("L").itemsize == 8 else "Q"
+
+
+def _python_words(internal: tuple[int, ...]) -> torch.Tensor:
+    """``random``'s 625 state words (each below 2**32) as an int64 tensor.
+
+    Packed through an ``array`` (a C loop over the ints, about a third of the instructions
+    of ``torch.tensor(internal)``, which converts element by element through torch's
+    generic sequence path; it runs at every epoch start and every checkpoint). The words
+    are non-negative and below 2**63, so the unsigned array holds the same bits as int64.
+    ``frombuffer`` shares the array's memory and keeps the array alive.
+    """
+    return torch.frombuffer(array(_WORD64, internal), dtype=torch.int64)
+
+
 def rng_state() -> dict[str, Any]:
     """Capture every global random generator, in a ``weights_only``-safe form.
 
@@ -266,7 +283,7 @@ def rng_state() -> dict[str, Any]:
     """
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
-        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
+        "python": [version, _python_words(internal), gauss_next],
         "torch": torch.get_rng_state(),
     }
     np = _numpy()

@@ -363,7 +363,22 @@ def load_config(
     return structure(raw, Config)
 
 
+_PLAIN_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
+    """``value`` with every mapping copied to a dict and every list / tuple to a list.
+
+    Exact types are tested first: ``isinstance(value, Mapping)`` is an ABC check, and this
+    runs over every value of the config at every checkpoint write.
+    """
+    kind = type(value)
+    if kind in _PLAIN_LEAVES:
+        return value
+    if kind is dict:
+        return {k: v if type(v) in _PLAIN_LEAVES else _plain(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [v if type(v) in _PLAIN_LEAVES else _plain(v) for v in value]
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import signal
@@ -149,6 +150,9 @@ def test_save_removes_stale_temporaries_of_killed_writers(tmp_path: Path) -> Non
         ({"history": [1, 2, Opaque()]}, "history[2]"),
         ({"metrics": {"val": np.float32(0.5)}}, "metrics.val"),
         ({"weights": np.zeros(3)}, "weights"),
+        ({"config": {"a": 1, "b": {1: 2.0, "c": Opaque()}}}, "config.b.c"),
+        ({"history": [{"a": 1.0}, {"b": 2, "c": Opaque()}]}, "history[1].c"),
+        ({"loop": OrderedDict(w=torch.zeros(1), v=(1, [2, Opaque()]))}, "loop.v[1][1]"),
     ],
 )
 def test_unsafe_content_is_refused_at_save_with_its_key_path(
@@ -167,6 +171,20 @@ def test_unsafe_content_is_refused_at_save_with_its_key_path(
     # the good file is untouched and no temporary file was left
     assert load_checkpoint(path)["good"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["bad.ckpt"]
+
+
+def test_an_unsafe_key_is_refused_with_its_container_path(tmp_path: Path) -> None:
+    checkpoint = {"callbacks": {"ok": 1, frozenset({1}): 2.0}}
+    with pytest.raises(
+        CheckpointError, match=r"callbacks: key frozenset\(\{1\}\) of <class 'frozenset'>"
+    ):
+        save_checkpoint(checkpoint, tmp_path / "x.ckpt")
+
+
+def test_the_first_unsafe_item_in_order_is_named(tmp_path: Path) -> None:
+    checkpoint = {"a": {"x": 1, "y": Opaque(), frozenset(): 3}, "b": [Opaque()]}
+    with pytest.raises(CheckpointError, match=r"a\.y: <class"):
+        save_checkpoint(checkpoint, tmp_path / "x.ckpt")
 
 
 def test_opaque_class_name_appears_in_the_refusal(tmp_path: Path) -> None:
@@ -322,6 +340,27 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path: Path) -> Non
     assert _draws() == expected
     set_rng_state(load_checkpoint(tmp_path / "rng.ckpt")["rng"])
     assert _draws() == expected
+
+
+def test_rng_state_python_entry_keeps_its_stored_layout(tmp_path: Path) -> None:
+    """The ``python`` entry is ``[version, int64 tensor of the 625 words, gauss_next]``,
+    stored with exactly the bytes ``torch.tensor(words, dtype=torch.int64)`` gives."""
+    random.seed(7)
+    random.random()
+    random.gauss(0, 1)
+    version, words, gauss_next = random.getstate()
+    entry = rng_state()["python"]
+    assert entry[0] == version and entry[2] == gauss_next
+    tensor = entry[1]
+    assert tensor.dtype == torch.int64 and tensor.shape == (625,) and tensor.is_contiguous()
+    assert tensor.tolist() == list(words)
+
+    def stored(value: torch.Tensor) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({"python": value}, buffer)
+        return buffer.getvalue()
+
+    assert stored(tensor) == stored(torch.tensor(words, dtype=torch.int64))
 
 
 def test_versions() -> None:
