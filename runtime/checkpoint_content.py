@@ -35,10 +35,6 @@ _LEAF_TYPES = frozenset(
 )
 
 
-#: The types a dict key may have (a tuple key is not looked into, as before).
-_KEY_TYPES = frozenset({*_SCALAR_TYPES, tuple})
-
-
 class _Unsafe(Exception):  # noqa: N818 - internal: unwinds to check_weights_only_safe
     """An unsafe value or key; ``steps`` collects its key path on the way out (innermost first)."""
 
@@ -51,30 +47,19 @@ def _check(value: Any, active: set[int]) -> None:
     """Walk ``value``; raise :class:`_Unsafe` at the first value that is not safe.
 
     The key path is built only for the error (by the ``except`` clauses as the walk
-    unwinds), not for every value checked: a checkpoint holds hundreds of values. A container
-    whose items are all leaves (and, for a dict, whose keys are all allowed) is passed by one
-    set test over their types; any other goes through the loop, which finds the first
-    offending item in order, as before.
+    unwinds), not for every value checked: a checkpoint holds hundreds of values.
     """
     kind = type(value)
     if kind in _LEAF_TYPES:
         return
     if kind not in _CONTAINER_TYPES:
         raise _Unsafe(f"{kind} {_SAFE_MESSAGE}")
-    mapping = kind is dict or kind is OrderedDict
-    if mapping:
-        if _KEY_TYPES.issuperset(map(type, value)) and _LEAF_TYPES.issuperset(
-            map(type, value.values())
-        ):
-            return  # every key and value allowed, tested in C (the loop below costs more)
-    elif _LEAF_TYPES.issuperset(map(type, value)):
-        return
     ident = id(value)
     if ident in active:  # a cycle: pickle copes, and every element on it is checked once
         return
     active.add(ident)
     try:
-        if mapping:
+        if kind is dict or kind is OrderedDict:
             for key, item in value.items():
                 if type(key) not in _SCALAR_TYPES and type(key) is not tuple:
                     raise _Unsafe(f"key {key!r} of {type(key)} {_SAFE_MESSAGE}")

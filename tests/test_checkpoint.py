@@ -532,6 +532,14 @@ def test_the_fast_pickler_writes_exactly_the_bytes_of_a_plain_torch_save() -> No
     checkpoint = _full_checkpoint()
     shared = torch.arange(6.0)
     checkpoint["views"] = [shared, shared[2:], {"again": shared}, torch.Size([2, 3]), torch.float16]
+    checkpoint["more"] = {
+        "parameter": torch.nn.Parameter(torch.ones(2)),
+        "uint16": torch.zeros(3, dtype=torch.uint16),  # pickled with an untyped storage
+        "bf16": OrderedDict(w=torch.zeros(2, dtype=torch.bfloat16)),
+        "device": torch.device("cpu"),
+        "complex": 1 + 2j,
+        "empty": torch.empty(0),
+    }
     plain, fast = io.BytesIO(), io.BytesIO()
     torch.save(checkpoint, plain)
     torch.save(checkpoint, fast, pickle_module=fast_pickle)
@@ -539,6 +547,18 @@ def test_the_fast_pickler_writes_exactly_the_bytes_of_a_plain_torch_save() -> No
     fast.seek(0)
     loaded = torch.load(fast, weights_only=True)
     assert torch.equal(loaded["views"][1], shared[2:]) and loaded["views"][3] == torch.Size([2, 3])
+
+
+def test_the_fast_pickler_refuses_a_storage_outside_a_tensor() -> None:
+    """It looks for storages only inside tensors (a checkpoint holds no other: the content
+    check refuses them), so a bare one is an error, never wrongly written bytes."""
+    import io
+    import pickle
+
+    from runtime import fast_pickle
+
+    with pytest.raises(pickle.PicklingError, match="storage outside a tensor"):
+        torch.save({"s": torch.zeros(2).untyped_storage()}, io.BytesIO(), pickle_module=fast_pickle)
 
 
 @pytest.mark.parametrize(
