@@ -22,6 +22,7 @@ busloop choices:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -377,15 +378,15 @@ class ModelCheckpoint(Callback):
         return Path(self.dirpath or ".").absolute() in old.parents
 
     def _remove(self, path: str) -> None:
-        if dist.is_rank_zero():
-            target = Path(path)
-            if target.is_dir():  # a sharded checkpoint folder (trainer.strategy=fsdp)
-                shutil.rmtree(target)
+        if dist.is_rank_zero():  # os.path on the str: no Path built at every save
+            if os.path.isdir(path):  # a sharded checkpoint folder (trainer.strategy=fsdp)
+                shutil.rmtree(path)
             else:
-                target.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
     def _exists(self, path: str) -> bool:
-        return bool(dist.broadcast_object(Path(path).exists() if dist.is_rank_zero() else False))
+        return bool(dist.broadcast_object(os.path.exists(path) if dist.is_rank_zero() else False))
 
     def _free_name(self, candidates: dict[str, torch.Tensor], replacing: str | None, filename: str | None = None) -> str:
         """The formatted name, with ``-v1``, ``-v2`` ... while it names another existing file."""

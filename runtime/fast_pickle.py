@@ -6,19 +6,35 @@ find tensor storages. A busloop checkpoint is mostly small plain values (the loo
 position, the config, the Lightning ``loops`` counters, the history): hundreds of them,
 so on a small model that test was most of the write's CPU time.
 
-Passing this module as ``torch.save(..., pickle_module=fast_pickle)`` gives torch's
-pickler (torch subclasses ``pickle_module.Pickler`` and defines ``persistent_id`` on the
-subclass) a ``persistent_id`` that answers ``None`` for the built-in plain types at once
-and asks torch's for everything else. A storage is never one of those types, so torch's
-answer for them is ``None`` too: the bytes written are exactly those of a plain
-``torch.save``, and the file loads the same way.
+Passing this module as ``torch.save(..., pickle_module=fast_pickle)`` gives torch's pickler
+(torch subclasses ``pickle_module.Pickler`` and defines ``persistent_id`` on the subclass)
+a cheaper way to the same answers:
+
+- Where the C pickler lets a pickler's ``persistent_id`` be replaced per instance (CPython
+  up to 3.12), it starts with a C callable that answers ``None`` for every object, without
+  a Python call. Storages are only ever reached through a tensor's reduction, and every
+  tensor passes through :meth:`Pickler.reducer_override` first (the C pickler calls it for
+  every object that is not a plain built-in value), which switches torch's ``persistent_id``
+  on; the storage's id switches it off again. A storage reached any other way (never in a
+  checkpoint that passed :func:`runtime.checkpoint.check_weights_only_safe`) is refused
+  with a ``PicklingError`` rather than written wrongly.
+- Elsewhere, ``persistent_id`` answers ``None`` for the built-in plain types at once and
+  asks torch's for everything else.
+
+A storage is never one of the objects answered ``None`` without torch, so the bytes written
+are exactly those of a plain ``torch.save``, and the file loads the same way.
 """
 
 from __future__ import annotations
 
+import collections
 import pickle
+import types
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 __all__ = ["PLAIN_TYPES", "Pickler"]
 
@@ -27,14 +43,28 @@ PLAIN_TYPES: frozenset[type] = frozenset(
     {str, int, float, bool, complex, bytes, type(None), dict, OrderedDict, list, tuple}
 )
 
+#: A C callable taking one object and returning ``None`` (a deque that keeps nothing).
+_NO_ID: Callable[[Any], None] = collections.deque(maxlen=0).append
+
+#: The C pickler's ``persistent_id`` slot, settable per instance (CPython 3.12 and older).
+_ID_SLOT = pickle.Pickler.__dict__.get("persistent_id")
+_SET_ID = _ID_SLOT.__set__ if isinstance(_ID_SLOT, types.GetSetDescriptorType) else None
+
+_STORAGE_TYPES = (torch.storage.TypedStorage, torch.UntypedStorage)
+
 
 class Pickler(pickle.Pickler):
-    """``pickle.Pickler`` whose subclasses' ``persistent_id`` skip the plain types."""
+    """``pickle.Pickler`` whose subclasses' ``persistent_id`` runs only where a storage can be."""
+
+    _torch_persistent_id: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         inner = cls.__dict__.get("persistent_id")
         if inner is None:
+            return
+        if _SET_ID is not None:
+            cls._torch_persistent_id = inner
             return
 
         def persistent_id(
@@ -45,3 +75,28 @@ class Pickler(pickle.Pickler):
             return _inner(self, obj)
 
         cls.persistent_id = persistent_id  # type: ignore[method-assign,assignment]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inner = type(self)._torch_persistent_id
+        if inner is not None and _SET_ID is not None:
+            self._torch_id = types.MethodType(inner, self)
+            _SET_ID(self, _NO_ID)
+
+    def _storage_id(self, obj: Any) -> Any:
+        """Torch's answer; once it names a storage, back to answering ``None`` in C."""
+        pid = self._torch_id(obj)
+        if pid is not None:
+            _SET_ID(self, _NO_ID)  # type: ignore[misc]
+        return pid
+
+    def reducer_override(self, obj: Any) -> Any:
+        """Switch torch's ``persistent_id`` on before a tensor's reduction is pickled."""
+        if _SET_ID is not None and type(self)._torch_persistent_id is not None:
+            if isinstance(obj, torch.Tensor):
+                _SET_ID(self, self._storage_id)
+            elif isinstance(obj, _STORAGE_TYPES):
+                raise pickle.PicklingError(
+                    "fast_pickle: a storage outside a tensor; save it with torch.save's own pickle"
+                )
+        return NotImplemented

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import signal
@@ -149,6 +150,9 @@ def test_save_removes_stale_temporaries_of_killed_writers(tmp_path: Path) -> Non
         ({"history": [1, 2, Opaque()]}, "history[2]"),
         ({"metrics": {"val": np.float32(0.5)}}, "metrics.val"),
         ({"weights": np.zeros(3)}, "weights"),
+        ({"config": {"a": 1, "b": {1: 2.0, "c": Opaque()}}}, "config.b.c"),
+        ({"history": [{"a": 1.0}, {"b": 2, "c": Opaque()}]}, "history[1].c"),
+        ({"loop": OrderedDict(w=torch.zeros(1), v=(1, [2, Opaque()]))}, "loop.v[1][1]"),
     ],
 )
 def test_unsafe_content_is_refused_at_save_with_its_key_path(
@@ -167,6 +171,20 @@ def test_unsafe_content_is_refused_at_save_with_its_key_path(
     # the good file is untouched and no temporary file was left
     assert load_checkpoint(path)["good"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["bad.ckpt"]
+
+
+def test_an_unsafe_key_is_refused_with_its_container_path(tmp_path: Path) -> None:
+    checkpoint = {"callbacks": {"ok": 1, frozenset({1}): 2.0}}
+    with pytest.raises(
+        CheckpointError, match=r"callbacks: key frozenset\(\{1\}\) of <class 'frozenset'>"
+    ):
+        save_checkpoint(checkpoint, tmp_path / "x.ckpt")
+
+
+def test_the_first_unsafe_item_in_order_is_named(tmp_path: Path) -> None:
+    checkpoint = {"a": {"x": 1, "y": Opaque(), frozenset(): 3}, "b": [Opaque()]}
+    with pytest.raises(CheckpointError, match=r"a\.y: <class"):
+        save_checkpoint(checkpoint, tmp_path / "x.ckpt")
 
 
 def test_opaque_class_name_appears_in_the_refusal(tmp_path: Path) -> None:
@@ -322,6 +340,27 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path: Path) -> Non
     assert _draws() == expected
     set_rng_state(load_checkpoint(tmp_path / "rng.ckpt")["rng"])
     assert _draws() == expected
+
+
+def test_rng_state_python_entry_keeps_its_stored_layout(tmp_path: Path) -> None:
+    """The ``python`` entry is ``[version, int64 tensor of the 625 words, gauss_next]``,
+    stored with exactly the bytes ``torch.tensor(words, dtype=torch.int64)`` gives."""
+    random.seed(7)
+    random.random()
+    random.gauss(0, 1)
+    version, words, gauss_next = random.getstate()
+    entry = rng_state()["python"]
+    assert entry[0] == version and entry[2] == gauss_next
+    tensor = entry[1]
+    assert tensor.dtype == torch.int64 and tensor.shape == (625,) and tensor.is_contiguous()
+    assert tensor.tolist() == list(words)
+
+    def stored(value: torch.Tensor) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({"python": value}, buffer)
+        return buffer.getvalue()
+
+    assert stored(tensor) == stored(torch.tensor(words, dtype=torch.int64))
 
 
 def test_versions() -> None:
@@ -493,6 +532,14 @@ def test_the_fast_pickler_writes_exactly_the_bytes_of_a_plain_torch_save() -> No
     checkpoint = _full_checkpoint()
     shared = torch.arange(6.0)
     checkpoint["views"] = [shared, shared[2:], {"again": shared}, torch.Size([2, 3]), torch.float16]
+    checkpoint["more"] = {
+        "parameter": torch.nn.Parameter(torch.ones(2)),
+        "uint16": torch.zeros(3, dtype=torch.uint16),  # pickled with an untyped storage
+        "bf16": OrderedDict(w=torch.zeros(2, dtype=torch.bfloat16)),
+        "device": torch.device("cpu"),
+        "complex": 1 + 2j,
+        "empty": torch.empty(0),
+    }
     plain, fast = io.BytesIO(), io.BytesIO()
     torch.save(checkpoint, plain)
     torch.save(checkpoint, fast, pickle_module=fast_pickle)
@@ -500,6 +547,18 @@ def test_the_fast_pickler_writes_exactly_the_bytes_of_a_plain_torch_save() -> No
     fast.seek(0)
     loaded = torch.load(fast, weights_only=True)
     assert torch.equal(loaded["views"][1], shared[2:]) and loaded["views"][3] == torch.Size([2, 3])
+
+
+def test_the_fast_pickler_refuses_a_storage_outside_a_tensor() -> None:
+    """It looks for storages only inside tensors (a checkpoint holds no other: the content
+    check refuses them), so a bare one is an error, never wrongly written bytes."""
+    import io
+    import pickle
+
+    from runtime import fast_pickle
+
+    with pytest.raises(pickle.PicklingError, match="storage outside a tensor"):
+        torch.save({"s": torch.zeros(2).untyped_storage()}, io.BytesIO(), pickle_module=fast_pickle)
 
 
 @pytest.mark.parametrize(

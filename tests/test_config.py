@@ -462,3 +462,43 @@ def test_resolve_import_reports_broken_module(
     message = str(info.value)
     assert message.startswith("model.factory: importing 'broken_cfg_mod' failed")
     assert "no_such_dependency_xyz" in message
+
+
+def test_config_to_dict_equals_the_converters_unstructured_copy() -> None:
+    """config_to_dict walks the attrs classes itself: the same dict as cattrs' unstructure
+    made plain, exotic parameter values included, and never the live config's objects."""
+    from collections import OrderedDict
+
+    from runtime.config import _plain, converter
+
+    cfg = load_config(
+        {
+            "model": {
+                "factory": "m:build",
+                "params": {"sizes": (1, 2), "nested": {"a": [1.5, None]}},
+            },
+            "optimizer": {"name": "AdamW", "params": {"lr": 0.1, "betas": (0.9, 0.99)}},
+            "scheduler": {"name": "StepLR", "params": {"step_size": 2}, "monitor": "val/loss"},
+            "trainer": {
+                "main_metric": {"name": "acc"},
+                "input_shape": [3, 8, 8],
+                "callbacks": [{"name": "EarlyStopping", "params": {"patience": 2}}],
+                "preprocessing": {"normalize": {"active": True}},
+            },
+        }
+    )
+    cfg.model.params["ordered"] = OrderedDict(x=1)
+    cfg.model.params["main"] = cfg.trainer.main_metric
+    expected = _plain(converter.unstructure(cfg))
+    got = config_to_dict(cfg)
+    assert got == expected and list(got) == list(expected)
+    assert (
+        got["model"]["params"]["ordered"] == {"x": 1}
+        and type(got["model"]["params"]["ordered"]) is dict
+    )
+    assert got["model"]["params"]["main"] == {"name": "acc", "mode": "max"}
+    got["optimizer"]["params"]["lr"] = 1.0
+    got["trainer"]["input_shape"].append(9)
+    assert cfg.optimizer is not None and cfg.optimizer.params["lr"] == 0.1
+    assert cfg.trainer.input_shape == [3, 8, 8]
+    assert config_to_dict(load_config({})) == _plain(converter.unstructure(load_config({})))

@@ -179,6 +179,24 @@ def test_artifacts(tmp_path: Path, trackers: list[Tracker]) -> None:
         tracker.log_artifact(tmp_path / "missing.bin", "blob")
 
 
+def test_artifacts_inside_the_run_folder_through_links_stay_where_they_are(
+    tmp_path: Path, trackers: list[Tracker]
+) -> None:
+    tracker = _local(trackers, tmp_path / "runs", "art")
+    inside = tracker.run_dir / "checkpoints" / "epoch=1.ckpt"
+    inside.write_bytes(b"ckpt")
+    link = tmp_path / "link-to-run"
+    link.symlink_to(tracker.run_dir, target_is_directory=True)
+    via_link = link / "checkpoints" / "epoch=1.ckpt"
+    assert tracker.log_artifact(via_link, "checkpoint") == inside.resolve()
+    assert tracker.log_artifact(link, "folder") == tracker.run_dir.resolve()
+    assert not (tracker.run_dir / "artifacts").exists()
+    dangling = tracker.run_dir / "checkpoints" / "dangling.ckpt"
+    dangling.symlink_to(tmp_path / "gone.ckpt")
+    with pytest.raises(FileNotFoundError, match="dangling.ckpt"):
+        tracker.log_artifact(dangling, "checkpoint")
+
+
 # -- log file and finalize -------------------------------------------------------------
 
 

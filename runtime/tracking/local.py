@@ -157,6 +157,7 @@ class LocalTracker(Tracker):
 
     run_dir: Path
     status_path: Path
+    _run_dir_real: tuple[Path, str] | None = None  # (run_dir, its real path + separator)
 
     def __init__(
         self,
@@ -261,12 +262,12 @@ class LocalTracker(Tracker):
         Returns the artifact's path inside the run folder.
         """
         source = Path(path)
-        if not source.exists():
+        real = os.path.realpath(source)  # what Path.resolve gives, without building Paths
+        if not os.path.exists(real):
             raise FileNotFoundError(f"artifact ({kind}) not found: {source}")
-        resolved = source.resolve()
-        if resolved.is_relative_to(self.run_dir.resolve()):
-            log.info("Artifact (%s): %s", kind, resolved)
-            return resolved
+        if os.path.join(real, "").startswith(self._real_run_dir()):  # inside, or the folder itself
+            log.info("Artifact (%s): %s", kind, real)
+            return Path(real)
         self.artifact_dir.mkdir(exist_ok=True)
         target = self.artifact_dir / source.name
         if source.is_dir():
@@ -275,6 +276,15 @@ class LocalTracker(Tracker):
             shutil.copy2(source, target)
         log.info("Artifact (%s) copied to %s", kind, target)
         return target
+
+    def _real_run_dir(self) -> str:
+        """The run folder's real path with a trailing separator, resolved once per run
+        folder: every checkpoint a run uploads asks whether it lies inside."""
+        cached = self._run_dir_real
+        if cached is None or cached[0] is not self.run_dir:
+            cached = (self.run_dir, os.path.join(os.path.realpath(self.run_dir), ""))
+            self._run_dir_real = cached
+        return cached[1]
 
     # -- end -----------------------------------------------------------------------------
 
