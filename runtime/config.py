@@ -367,6 +367,18 @@ _PLAIN_LEAVES = frozenset({str, int, float, bool, type(None)})
 
 
 def _plain(value: Any) -> Any:
+    """``value`` with every mapping copied to a dict and every list / tuple to a list.
+
+    Exact types are tested first: ``isinstance(value, Mapping)`` is an ABC check, and this
+    runs over every value of the config at every checkpoint write.
+    """
+    kind = type(value)
+    if kind in _PLAIN_LEAVES:
+        return value
+    if kind is dict:
+        return {k: v if type(v) in _PLAIN_LEAVES else _plain(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [v if type(v) in _PLAIN_LEAVES else _plain(v) for v in value]
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -374,35 +386,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _unstructured(value: Any) -> Any:
-    """``_plain(converter.unstructure(value))``, walked directly for what a config holds.
-
-    attrs classes become dicts of their fields in declaration order (what the converter,
-    which has no unstructure hooks of its own, gives), dicts / lists / tuples are copied,
-    plain scalars kept; any other value goes through the converter as before. Every
-    checkpoint records the config, so this runs at every write.
-    """
-    kind = type(value)
-    if kind in _PLAIN_LEAVES:
-        return value
-    if kind is dict:
-        return {k: v if type(v) in _PLAIN_LEAVES else _unstructured(v) for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [v if type(v) in _PLAIN_LEAVES else _unstructured(v) for v in value]
-    names = _FIELD_NAMES.get(kind)
-    if names is None:
-        if not attrs.has(kind):
-            return _plain(converter.unstructure(value))
-        names = _FIELD_NAMES[kind] = tuple(field.name for field in attrs.fields(kind))
-    return {name: _unstructured(getattr(value, name)) for name in names}
-
-
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Return ``cfg`` as plain dicts, lists and scalars (loadable again by ``load_config``)."""
-    return _unstructured(cfg)  # type: ignore[no-any-return]
+    return _plain(converter.unstructure(cfg))
 
 
 def dump_config(cfg: Config, path: str | os.PathLike[str]) -> None:

@@ -465,8 +465,8 @@ def test_resolve_import_reports_broken_module(
 
 
 def test_config_to_dict_equals_the_converters_unstructured_copy() -> None:
-    """config_to_dict walks the attrs classes itself: the same dict as cattrs' unstructure
-    made plain, exotic parameter values included, and never the live config's objects."""
+    """config_to_dict is cattrs' unstructure made plain (exact-type fast paths in the copy),
+    exotic parameter values included, and never shares the live config's objects."""
     from collections import OrderedDict
 
     from runtime.config import _plain, converter
