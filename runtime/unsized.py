@@ -24,7 +24,7 @@ from typing import Any
 from runtime.errors import ConfigError
 from runtime.state import LoopState
 
-__all__ = ["EpochEnd", "Lookahead", "check_val_check_interval", "epoch_indices", "val_schedule"]
+__all__ = ["NEVER", "EpochEnd", "Lookahead", "check_val_check_interval", "epoch_indices", "val_schedule"]
 
 _END = object()
 
@@ -94,8 +94,9 @@ def epoch_indices(state: LoopState, skip: int) -> tuple[int | EpochEnd, Iterable
     return int(n), range(skip, int(n))
 
 
-_NEVER = -1
-"""A batch count no finished batch compares equal to."""
+NEVER = -1
+"""A batch count no finished batch compares equal to (an int: the loop's per-batch ``done ==
+end`` test is then an int comparison)."""
 
 
 def val_schedule(interval: int | float, n: EpochEnd) -> tuple[int | float, object]:
@@ -104,7 +105,7 @@ def val_schedule(interval: int | float, n: EpochEnd) -> tuple[int | float, objec
     validates every ``interval`` batches and not at the epoch's end (unless a multiple);
     ``1.0`` validates once, after the last batch."""
     if isinstance(interval, int):
-        return interval, _NEVER
+        return interval, NEVER
     return math.inf, n
 
 
