@@ -213,8 +213,11 @@ class Runtime(RuntimeCore):
         loss = output if type(output) is torch.Tensor else step_loss(output)
         if loss is None:  # the step asked to skip this batch: the bridge says what still runs
             return self._bridge.skipped_batch(self, output, batch_idx, is_last)
-        detached = loss.detach()  # one detach: the recorded loss and outputs["loss"]
-        if self._records_loss:  # a plain module's loss is train/loss
+        # A plain module's loss is train/loss, kept for the epoch: a plain tensor's .data, not
+        # a detached view (see runtime.batch); outputs["loss"] of any other step: detach().
+        records = self._records_loss
+        detached = loss.data if records and type(loss) is torch.Tensor else loss.detach()
+        if records:
             self.metrics.record_step("train/loss", detached)
 
         if accumulate == 1:
