@@ -45,7 +45,7 @@ from runtime.resume import (
 from runtime.state import LoopState
 from runtime.tracking import Tracker, create_tracker
 from runtime.tracking.local import run_dir_of
-from runtime.unsized import EpochEnd, check_val_check_interval, val_schedule
+from runtime.unsized import NEVER, EpochEnd, check_val_check_interval, val_schedule
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -392,14 +392,14 @@ class RuntimeCore:
         if isinstance(n, EpochEnd):
             return val_schedule(interval, n)
         if isinstance(interval, float):
-            return (n if interval >= 1.0 else max(1, int(n * interval))), None
+            return (n if interval >= 1.0 else max(1, int(n * interval))), NEVER
         if interval > n > 0 and self.config.trainer.check_val_every_n_epoch is not None:
             raise ConfigError(
                 f"trainer.val_check_interval: {interval} batches is more than an epoch's "
                 f"{n} training batches, so validation would never run (set limit_val_batches to "
                 "0 to turn it off, or a smaller interval)"
             )
-        return interval, None
+        return interval, NEVER
 
     def _is_val_epoch(self) -> bool:
         every = self.config.trainer.check_val_every_n_epoch

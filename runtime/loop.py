@@ -165,8 +165,11 @@ class Runtime(RuntimeCore):
             if batch_start.dispatch: batch_start.emit(self, batch=batch, batch_idx=batch_idx)  # noqa: E701
             outputs = training_batch(batch, batch_idx, batch_idx + 1 == n)
             st.batch_idx = done = batch_idx + 1
-            if validates:
-                self._val_pending = done % val_every == 0 or done == val_end
+            # _val_pending is False here (set above, reset by every validation block); a
+            # checkpoint written by a batch_end receiver reads it: set only when due.
+            due = validates and (done % val_every == 0 or done == val_end)
+            if due:
+                self._val_pending = True
             if batch_end.dispatch: batch_end.emit(self, outputs=outputs, batch=batch, batch_idx=batch_idx)  # noqa: E701
             if st.global_step % log_every == 0 and st.global_step != last_logged:
                 self._log_step_metrics()
@@ -175,7 +178,7 @@ class Runtime(RuntimeCore):
             if st.interrupted:  # a graceful interrupt: no validation, no epoch end
                 metrics.batch = None
                 return
-            if self._val_pending or (validates and st.should_stop):
+            if due or (validates and st.should_stop):
                 if done % self.accumulate_grad_batches == 0 or done == n:  # the batch stepped
                     self._validation_zero_grad()
                 self._validation_block(val_loader)  # type: ignore[arg-type]  # validates: not None
@@ -210,8 +213,11 @@ class Runtime(RuntimeCore):
         loss = output if type(output) is torch.Tensor else step_loss(output)
         if loss is None:  # the step asked to skip this batch: the bridge says what still runs
             return self._bridge.skipped_batch(self, output, batch_idx, is_last)
-        detached = loss.detach()  # one detach: the recorded loss and outputs["loss"]
-        if self._records_loss:  # a plain module's loss is train/loss
+        # A plain module's loss is train/loss, kept for the epoch: a plain tensor's .data, not
+        # a detached view (see runtime.batch); outputs["loss"] of any other step: detach().
+        records = self._records_loss
+        detached = loss.data if records and type(loss) is torch.Tensor else loss.detach()
+        if records:
             self.metrics.record_step("train/loss", detached)
 
         if accumulate == 1:

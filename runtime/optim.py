@@ -248,7 +248,11 @@ def _schedulers_of(conf: Mapping[str, Any]) -> list[Any]:
 
 
 _BASE_ZERO_GRAD = torch.optim.Optimizer.zero_grad
-_profiler_enabled = torch.autograd._profiler_enabled  # bound once: two attribute lookups per step
+_AUTOGRAD_PROFILER = torch.autograd.profiler
+"""Its ``_is_profiler_enabled`` is torch's own Python-side flag for fast "is a profiler
+running" checks: set while a ``torch.profiler.profile`` / ``torch.autograd.profiler.profile``
+(and ``emit_nvtx`` / ``emit_itt``) runs. Reading it costs a module attribute lookup; the C
+query ``torch.autograd._profiler_enabled()`` costs a pybind11 call (about 450 instructions)."""
 
 
 def zero_grad(optimizer: torch.optim.Optimizer) -> None:
@@ -262,12 +266,14 @@ def zero_grad(optimizer: torch.optim.Optimizer) -> None:
     the ``Optimizer.zero_grad`` label) or when the optimizer's ``zero_grad`` is not the base
     one: a subclass overrides it, or the instance carries its own (``optimizer.zero_grad =
     wrapper``, as apex-style wrappers patch it). So the shortcut is taken only where it is
-    exactly ``zero_grad(set_to_none=True)``.
+    exactly ``zero_grad(set_to_none=True)``. A profiler started through torch's Python API sets
+    the flag this reads; one started around it (the deprecated ``profiler_legacy``, or from
+    C++) gets the same gradients cleared, without the label.
     """
     if (
         type(optimizer).zero_grad is not _BASE_ZERO_GRAD
         or "zero_grad" in optimizer.__dict__
-        or _profiler_enabled()
+        or _AUTOGRAD_PROFILER._is_profiler_enabled
     ):
         optimizer.zero_grad(set_to_none=True)
         return

@@ -43,7 +43,7 @@ from runtime.lightning_ckpt import (
     loops_state,
 )
 from runtime.state import LoopState
-from runtime.unsized import Lookahead
+from runtime.unsized import lookahead as fetch_ahead
 
 if TYPE_CHECKING:
     from runtime.core import RuntimeCore as Runtime
@@ -376,13 +376,13 @@ def epoch_batches(
     batches already trained (at the sampler level; a loader without one, such as an
     IterableDataset's, by fetching and dropping them), then continue the saved random stream.
     ``lookahead``: the epoch has no known length; its batches come through a
-    :class:`runtime.unsized.Lookahead` that flags the last one on this state.
+    :func:`runtime.unsized.lookahead` that flags the last one on this state.
     """
     set_sampler_epoch(loader, epoch)
     if resume is None:
         epoch_rng = rng_state()
         batches = iterate(loader)
-        return (batches if lookahead is None else Lookahead(batches, lookahead)), epoch_rng
+        return (batches if lookahead is None else fetch_ahead(batches, lookahead)), epoch_rng
     if resume.epoch_rng is not None:
         set_rng_state(resume.epoch_rng)
     elif resume.rng is not None:
@@ -390,7 +390,7 @@ def epoch_batches(
     epoch_rng = rng_state()
     batches = iterate(loader, resume.batch_idx, replay_persistent=epoch > 0)
     if lookahead is not None:  # fetched ahead before the saved stream, as in the saved run
-        batches = Lookahead(batches, lookahead, resumed=resume.batch_idx > 0)
+        batches = fetch_ahead(batches, lookahead, resumed=resume.batch_idx > 0)
     if resume.epoch_rng is not None and resume.rng is not None:
         set_rng_state(resume.rng)
     return batches, epoch_rng

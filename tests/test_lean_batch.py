@@ -196,3 +196,50 @@ def test_bad_plain_batches_and_a_missing_loss_fail_as_before() -> None:
     rt = Runtime(make_model(), [], base_config(epochs=1), tracker=NullTracker())
     with pytest.raises(ConfigError, match="needs a loss function"):
         rt.fit(make_loader())
+
+
+def test_the_recorded_loss_is_graph_free_on_its_device() -> None:
+    """The lean path records ``loss.data``: the loss's value (same storage, same device, no
+    copy to the host) without its graph, in the epoch's logs, ``step_metrics`` and
+    ``outputs["loss"]``."""
+    seen: list[torch.Tensor] = []
+
+    class Outputs(Callback):
+        def on_train_batch_end(
+            self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            seen.append(outputs["loss"])
+            logged = runtime.metrics.active["train/loss"][0][-1]
+            assert logged is outputs["loss"] is runtime.state.step_metrics["train/loss"]
+
+    rt = _fit([Outputs()])
+    assert len(seen) == rt.state.global_step
+    for loss in seen:
+        assert type(loss) is torch.Tensor and loss.ndim == 0 and loss.device.type == "cpu"
+        assert not loss.requires_grad and loss.grad_fn is None and loss.is_leaf
+
+
+def test_without_optimization_receivers_the_lean_path_records_the_same_losses(
+    monkeypatch: pytest.MonkeyPatch, lean_choices: list[bool]
+) -> None:
+    """No receiver on the optimization events (the common case, which no other test here
+    runs): the run (weights, train/loss and val/loss of every epoch, the values a
+    train_batch_end receiver sees) is bit for bit the general path's."""
+    seen: dict[str, list[float]] = {"lean": [], "general": []}
+
+    def outputs(key: str) -> Callback:
+        class Outputs(Callback):
+            def on_train_batch_end(
+                self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int
+            ) -> None:
+                assert outputs["loss"] is runtime.state.step_metrics["train/loss"]
+                seen[key].append(outputs["loss"].item())
+
+        return Outputs()
+
+    lean = _fit([outputs("lean")], scheduler=_STEP_LR)
+    assert lean_choices[0] is True
+    monkeypatch.setattr(runtime.core, "plain_batch_function", lambda rt: None)
+    general = _fit([outputs("general")], scheduler=_STEP_LR)
+    _same_run(lean, general)
+    assert seen["lean"] == seen["general"] and len(seen["lean"]) == lean.state.global_step

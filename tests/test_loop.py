@@ -411,3 +411,11 @@ def test_epoch_scheduler_steps_when_the_last_training_step_returns_none() -> Non
     rt.fit(make_loader(64, batch_size=16))
     assert rt.state.global_step == 9  # the skipped batches did not step the optimizer
     assert lrs == pytest.approx([0.1] * 4 + [0.05] * 4 + [0.025] * 4)
+
+
+def test_zero_grad_keeps_its_profiler_label_under_the_autograd_profiler() -> None:
+    """``torch.autograd.profiler.profile`` (what ``torch.profiler.profile`` runs on) sets the
+    flag the loop's zero_grad shortcut reads: the trace keeps ``Optimizer.zero_grad``'s label."""
+    with torch.autograd.profiler.profile() as prof:
+        _runtime(make_model(), epochs=1).fit(make_loader())
+    assert "Optimizer.zero_grad#SGD.zero_grad" in {event.key for event in prof.key_averages()}

@@ -416,3 +416,28 @@ def test_progress_bars_show_no_total_for_a_loader_without_a_length(bar_cls: type
     assert "6/6" not in printed and "3/3" not in printed  # a sized loader's bar would say so
     if bar_cls is LuxonisTQDMProgressBar:
         assert "6it" in printed and "3it" in printed  # counts without a total
+
+
+def test_lookahead_fetches_one_ahead_and_flags_the_last_batch_as_it_is_handed_over() -> None:
+    """The loader is read one batch ahead (the first when the iterator is built), and
+    ``loader_done`` turns True exactly when the last batch is handed over."""
+    from runtime.state import LoopState
+    from runtime.unsized import lookahead
+
+    fetched: list[int] = []
+
+    def source() -> Iterator[int]:
+        for item in range(3):
+            fetched.append(item)
+            yield item
+
+    state = LoopState()
+    batches = lookahead(source(), state)
+    assert fetched == [0] and not state.loader_done
+    seen = [(next(batches), list(fetched), state.loader_done) for _ in range(3)]
+    assert seen == [(0, [0, 1], False), (1, [0, 1, 2], False), (2, [0, 1, 2], True)]
+    assert next(batches, None) is None
+    state = LoopState()
+    assert list(lookahead(iter([]), state, resumed=True)) == [] and state.loader_done
+    state = LoopState()
+    assert list(lookahead(iter([]), state)) == [] and not state.loader_done
