@@ -360,9 +360,8 @@ class RuntimeCore:
         wrap_for_training(self)
 
     def _sync_trainable(self) -> None:
-        """Rebuild the DDP wrapper when the set of trainable parameters changed since it was
-        built (a callback unfroze or froze layers): DDP all-reduces only the parameters that
-        required grad when it was created. The loop calls this at every epoch start."""
+        """Rebuild the DDP wrapper at an epoch start when a callback (un)froze parameters: DDP
+        all-reduces only the parameters that required grad when it was created."""
         if self._ddp_signature is not None and dist.trainable_signature(self.model) != self._ddp_signature:
             log.info("Trainable parameters changed: rebuilding the DistributedDataParallel wrapper")
             self._wrap_parallel()
@@ -383,11 +382,9 @@ class RuntimeCore:
 
     def _val_check_batches(self, n: int | EpochEnd) -> tuple[int | float, object]:
         """``(every, end)``: validation is due after a batch when ``done % every == 0 or
-        done == end`` (an epoch of unknown length: :func:`runtime.unsized.val_schedule`).
-
-        As Lightning 2.6: a float interval validates every ``int(n * interval)`` batches, an
-        int every ``interval``; only at those multiples, so the epoch's last batch validates
-        only when it is one (``1.0``: after the last batch)."""
+        done == end`` (unknown length: :func:`runtime.unsized.val_schedule`). As Lightning 2.6:
+        a float interval validates every ``int(n * interval)`` batches, an int every
+        ``interval``, only at those multiples (``1.0``: after the last batch)."""
         interval = self.config.trainer.val_check_interval
         if isinstance(n, EpochEnd):
             return val_schedule(interval, n)
