@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import pytest
+import torch
 
 from benchmarks.__main__ import main
 from benchmarks.dispatch import DISPATCH_CONTENDERS, run_dispatch
@@ -72,10 +73,12 @@ def test_every_contender_runs_several_epochs_with_validation(tmp_path: Any) -> N
 
     workload = Workload(epochs=3, val_batches=2)
     ctx = RunContext(workload, tmp_path, workload.val_batches_list())
-    for name in ("plain", "plain-lean", "busloop", "busloop-defaults"):
+    for name in ("plain", "plain-lean", "plain-lean-ckpt", "busloop", "busloop-defaults"):
         timed = TimedBatches(workload.batches(2))
         CONTENDERS[name].fit(ctx, timed)
         assert len(timed.starts["cpu"]) == 6, name  # fetches counted across the 3 epochs
+    saved = torch.load(tmp_path / "plain-lean.ckpt", weights_only=True)  # the hand-written save
+    assert saved["epoch"] == 2 and set(saved) == {"epoch", "model", "optimizer"}
     runs = tmp_path / "busloop-runs"
     assert any(p.suffix == ".ckpt" for p in runs.rglob("*")), "the default set writes checkpoints"
     assert any("metrics" in p.name for p in runs.rglob("*")), "the local tracker writes metrics"
