@@ -222,8 +222,13 @@ class EvalPass:
                     metrics.begin_loader(prefix, index)
                     if transfer is not None:  # the module's transfer hooks get the loader's index
                         rt._transfer = rt._bridge.batch_transfer(rt.device, index)
-                yield index, iterate(data), count, step
-                rt.state.eval_offset += count
+                if count == float("inf"):  # no length: count the batches the loop takes
+                    taken = [0]
+                    yield index, _counted(iterate(data), taken), count, step
+                    rt.state.eval_offset += taken[0]
+                else:
+                    yield index, iterate(data), count, step
+                    rt.state.eval_offset += int(count)
                 if several:
                     found = metrics.reduce(prefix) if stage != "predict" else {}
                     self._names.append(set(found) - self._seen)
@@ -248,3 +253,11 @@ class EvalPass:
             return outputs
         starts = [0, *self._ends[:-1]]
         return [outputs[a:b] for a, b in zip(starts, self._ends, strict=True)]
+
+
+def _counted(batches: Iterator[Any], taken: list[int]) -> Iterator[Any]:
+    """``batches``, counting in ``taken[0]`` those handed out: how far a loader without a length
+    went, so the next loader's batches are numbered after it (``state.eval_offset``)."""
+    for batch in batches:
+        taken[0] += 1
+        yield batch

@@ -373,6 +373,34 @@ def test_native_runtime_runs_a_list_of_loaders() -> None:
     assert len(rt.predict(first)) == 6  # one loader: a flat list
 
 
+class OffsetEvents:
+    """Keeps where each validation batch falls in the stage: ``state.eval_offset + batch_idx``,
+    what the progress bar and TrainingProgress number it by."""
+
+    def __init__(self) -> None:
+        self.positions: list[tuple[int, Any]] = []
+
+    def on_validation_batch_end(
+        self, runtime: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int
+    ) -> None:
+        self.positions.append((dataloader_idx, runtime.state.eval_offset + batch_idx))
+
+
+def test_a_loader_without_a_length_is_counted_before_the_next_loader() -> None:
+    """A validation loader without ``__len__`` first, a sized one after: the second loader's
+    batches are numbered after the batches the first one gave (it used to add inf)."""
+
+    class NoLength:
+        def __iter__(self) -> Any:
+            return iter(list(_loader(4, n=24)))  # 3 batches, no __len__
+
+    events = OffsetEvents()
+    rt = _plain_runtime([events], epochs=1, num_sanity_val_steps=0)
+    rt.fit(_loader(1, n=16), [NoLength(), _loader(5, n=16)])
+    assert events.positions == [(0, 0), (0, 1), (0, 2), (1, 3), (1, 4)]
+    assert rt.state.eval_offset == 5
+
+
 def test_lightning_module_under_native_runtime_suffixes_every_loader() -> None:
     torch.manual_seed(0)
     model = TwoLoaders()
