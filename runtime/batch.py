@@ -9,12 +9,15 @@ case does not use; :func:`plain_batch_function` does it in one function, so busl
 per-step cost over the hand-written loop stays a few thousand instructions
 (``python -m benchmarks.instructions`` counts them).
 
-The recorded loss (``train/loss``'s value, ``step_metrics`` and ``outputs["loss"]``) is
-``loss.data``: the value ``loss.detach()`` gives (the same storage on the same device, nothing
-synced, no ``grad_fn``, so it keeps no graph alive) without a dispatcher call and an autograd
-view. The epoch's logs keep every step's value until the epoch is reduced, and a detached
-view keeps more allocations alive than ``.data``: on the benchmark's workload ``detach()``
-cost about 6k instructions a step more, most of them in malloc.
+The recorded loss (``train/loss``'s value and ``step_metrics``) of a loss on the CPU is its
+Python float (``loss.item()``: nothing to sync on the CPU, exact in float64, which is what the
+epoch's reduction computes in). Keeping a tensor per step until the epoch is reduced kept as
+many allocations alive (malloc then works harder on every step) and made the reduction
+stack hundreds of tensors; a float costs neither. A loss on an accelerator is recorded as
+``loss.data``, never synced per step: the value ``loss.detach()`` gives (the same storage,
+no ``grad_fn``, so it keeps no graph alive) without a dispatcher call and an autograd view.
+``outputs["loss"]`` is ``loss.data`` and is built only when ``train_batch_end`` has a
+receiver, its one reader.
 
 When it applies: chosen at every epoch start (``Runtime._batch_function``) for a plain
 module trained by the loop's own step, without mixed precision (no autocast, no grad
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["plain_batch_function"]
 
-BatchFunction = Callable[[Any, int, bool], dict[str, Any]]
+BatchFunction = Callable[[Any, int, bool], dict[str, Any] | None]
 
 
 def plain_batch_function(rt: Runtime) -> BatchFunction | None:
@@ -62,9 +65,10 @@ def plain_batch_function(rt: Runtime) -> BatchFunction | None:
     metrics, st, cfg, ev = rt.metrics, rt.state, rt.config.trainer, rt.bus.event
     before_zero_grad, before_backward = ev.before_zero_grad, ev.before_backward
     after_backward, before_optimizer_step = ev.after_backward, ev.before_optimizer_step
+    batch_end = ev.train_batch_end
     previous_loss: Tensor | None = None
 
-    def plain_batch(batch: Any, batch_idx: int, is_last: bool) -> dict[str, Any]:
+    def plain_batch(batch: Any, batch_idx: int, is_last: bool) -> dict[str, Any] | None:
         """The loss, zero_grad, backward, clip, optimizer step and step schedulers of one batch."""
         nonlocal previous_loss
         loss_fn, optimizer = rt.loss_fn, rt.optimizer
@@ -81,14 +85,19 @@ def plain_batch_function(rt: Runtime) -> BatchFunction | None:
         loss = loss_fn(rt._train_model(batch[0]), batch[1])
         if type(loss) is not Tensor:
             return optimize(loss, batch_idx, is_last)
-        detached = loss.data  # the recorded loss and outputs["loss"]: see the module docstring
+        # The recorded value: a CPU loss's Python float (nothing to sync), else ``.data``; see
+        # the module docstring. A loss with several elements fails in backward, as it did.
+        try:
+            value = loss.item() if loss.is_cpu else loss.data
+        except RuntimeError:
+            value = loss.data
         size = metrics.batch_size
         if size is None:  # the batch's size, as batch_size_of finds it, without its calls
             first = batch[0]
             shape = first.shape if type(first) is Tensor else None
             size = shape[0] if shape else 0
             metrics.batch_size = size = size or batch_size_of(batch)
-        metrics.record_step("train/loss", detached, size)
+        metrics.record_step("train/loss", value, size)
 
         if before_zero_grad.dispatch:
             before_zero_grad.emit(rt, optimizer=optimizer)
@@ -112,6 +121,7 @@ def plain_batch_function(rt: Runtime) -> BatchFunction | None:
             rt._step_schedulers("step", batch_idx + 1)
             if is_last:
                 rt._step_schedulers("epoch", st.epoch + 1)
-        return {"loss": detached}
+        # outputs["loss"] is built only for a train_batch_end receiver (the loop's one reader)
+        return {"loss": loss.data} if batch_end.dispatch else None
 
     return plain_batch

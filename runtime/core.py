@@ -366,7 +366,7 @@ class RuntimeCore:
             log.info("Trainable parameters changed: rebuilding the DistributedDataParallel wrapper")
             self._wrap_parallel()
 
-    def _batch_function(self) -> Callable[[Any, int, bool], dict[str, Any]]:
+    def _batch_function(self) -> Callable[[Any, int, bool], dict[str, Any] | None]:
         """The function that trains one batch, chosen at every epoch start: the bridge's, a
         plain module's lean one (:mod:`runtime.batch`) or the loop's general one; under DDP
         with accumulation wrapped so that accumulating batches skip the all-reduce."""

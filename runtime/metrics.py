@@ -11,6 +11,7 @@ first call, so a plain module's per-step path pays nothing for Lightning's seman
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Mapping
 from typing import Any
 
@@ -209,7 +210,7 @@ class MetricStore:
         """The not yet reduced logs of ``prefix``, weights_only-safe (for a checkpoint)."""
         return {
             name: {
-                "values": [torch.as_tensor(v).detach().cpu() for v in values],
+                "values": [v if type(v) is float else torch.as_tensor(v).detach().cpu() for v in values],
                 "sizes": list(sizes),
             }
             for name, (values, sizes) in self._logs.get(prefix, {}).items()
@@ -228,17 +229,28 @@ class MetricStore:
         return torch.device("cpu")
 
 
+_FLOATS = {float}
+
+
 def _weighted_sum(values: list[Any], sizes: list[int]) -> torch.Tensor:
-    """``sum(value * size)`` in float64 on the CPU, as a 0-d tensor."""
-    stacked: torch.Tensor | None = None
-    try:  # one stack for the epoch instead of three tensor ops per logged value
-        stacked = torch.stack(values)
-    except (TypeError, RuntimeError):  # not all tensors, shapes that differ, several devices
-        stacked = None
-    if stacked is not None and stacked.ndim == 1:  # every value a 0-d tensor
-        stacked = stacked.to(device="cpu", dtype=torch.float64)
+    """``sum(value * size)`` in float64 on the CPU, as a 0-d tensor.
+
+    A CPU loss is recorded as a Python float (:mod:`runtime.batch`), a loss elsewhere as a
+    0-d tensor; float64 holds every float32/float16/bfloat16/float64 value exactly, so both
+    forms give the same float64 vector and the same sum.
+    """
+    if values and set(map(type, values)) == _FLOATS:  # the floats as one tensor, through a C loop
+        stacked = torch.frombuffer(array("d", values), dtype=torch.float64)
     else:
-        stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu().reshape(()) for v in values])
+        joined: torch.Tensor | None
+        try:  # one stack for the epoch instead of three tensor ops per logged value
+            joined = torch.stack(values)
+        except (TypeError, RuntimeError):  # not all tensors, shapes that differ, several devices
+            joined = None
+        if joined is not None and joined.ndim == 1:  # every value a 0-d tensor
+            stacked = joined.to(device="cpu", dtype=torch.float64)
+        else:
+            stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu().reshape(()) for v in values])
     first = sizes[0] if sizes else None
     if type(first) is int and sizes.count(first) == len(sizes):  # one batch size: the same tensor,
         weights = torch.full((len(sizes),), float(first), dtype=torch.float64)  # without a list walk

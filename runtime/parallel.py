@@ -98,15 +98,15 @@ def prepare_backward(rt: Runtime, loss: torch.Tensor) -> None:
 
 
 def no_sync_batches(
-    rt: Runtime, train_batch: Callable[[Any, int, bool], dict[str, Any]]
-) -> Callable[[Any, int, bool], dict[str, Any]]:
+    rt: Runtime, train_batch: Callable[[Any, int, bool], dict[str, Any] | None]
+) -> Callable[[Any, int, bool], dict[str, Any] | None]:
     """``train_batch`` as it is, or, under DDP with gradient accumulation, run inside
     ``no_sync()`` on the batches that do not step: their gradients accumulate locally and the
     stepping batch all-reduces the sum once (the forward must be inside the context too)."""
     if rt.accumulate_grad_batches == 1 or not isinstance(rt._train_model, DistributedDataParallel):
         return train_batch
 
-    def batch(batch: Any, batch_idx: int, is_last: bool) -> dict[str, Any]:
+    def batch(batch: Any, batch_idx: int, is_last: bool) -> dict[str, Any] | None:
         accumulate, ddp = rt.accumulate_grad_batches, rt._train_model
         if is_last or (batch_idx + 1) % accumulate == 0 or not isinstance(ddp, DistributedDataParallel):
             return train_batch(batch, batch_idx, is_last)

@@ -5,6 +5,7 @@ an optimizer's ``zero_grad`` patched on the instance, ``skip_backward``, accumul
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,10 +199,10 @@ def test_bad_plain_batches_and_a_missing_loss_fail_as_before() -> None:
         rt.fit(make_loader())
 
 
-def test_the_recorded_loss_is_graph_free_on_its_device() -> None:
-    """The lean path records ``loss.data``: the loss's value (same storage, same device, no
-    copy to the host) without its graph, in the epoch's logs, ``step_metrics`` and
-    ``outputs["loss"]``."""
+def test_the_recorded_loss_is_a_float_and_outputs_loss_is_graph_free() -> None:
+    """The lean path records a CPU loss as its Python float (``loss.item()``: the exact value,
+    nothing to sync) in the epoch's logs and ``step_metrics``; ``outputs["loss"]`` is
+    ``loss.data``: the same value as a tensor on the loss's device, without its graph."""
     seen: list[torch.Tensor] = []
 
     class Outputs(Callback):
@@ -210,13 +211,41 @@ def test_the_recorded_loss_is_graph_free_on_its_device() -> None:
         ) -> None:
             seen.append(outputs["loss"])
             logged = runtime.metrics.active["train/loss"][0][-1]
-            assert logged is outputs["loss"] is runtime.state.step_metrics["train/loss"]
+            assert type(logged) is float and logged is runtime.state.step_metrics["train/loss"]
+            assert logged == outputs["loss"].item()
 
     rt = _fit([Outputs()])
     assert len(seen) == rt.state.global_step
     for loss in seen:
         assert type(loss) is torch.Tensor and loss.ndim == 0 and loss.device.type == "cpu"
         assert not loss.requires_grad and loss.grad_fn is None and loss.is_leaf
+
+
+def test_float64_losses_reduce_and_checkpoint_exactly(tmp_path: Path) -> None:
+    """A float64 model's losses are recorded as floats without rounding: the epoch's
+    train/loss is the float64 batch-size-weighted mean of the step losses, and a mid-epoch
+    checkpoint keeps the pending floats as they are (not as float32 tensors)."""
+    steps: list[float] = []
+    saved: dict[str, Any] = {}
+
+    class Steps(Callback):
+        def on_train_batch_end(
+            self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            steps.append(outputs["loss"].item())
+            if batch_idx == 1 and not saved:
+                runtime.save_checkpoint(tmp_path / "mid.ckpt")
+                saved.update(torch.load(tmp_path / "mid.ckpt", weights_only=True))
+
+    model = make_model().double()
+    loader = [(x.double(), y) for x, y in make_loader()]
+    rt = Runtime(model, [Steps()], base_config(epochs=1), loss=F.cross_entropy, tracker=NullTracker())
+    rt.fit(loader)
+    pending = saved["loop"]["pending_logs"]["train/loss"]["values"]
+    assert pending == steps[:2] and all(type(v) is float for v in pending)
+    sizes = torch.tensor([len(y) for _, y in loader], dtype=torch.float64)
+    expected = (torch.tensor(steps, dtype=torch.float64) * sizes).sum().item() / sizes.sum().item()
+    assert rt.state.metrics["train/loss"] == expected
 
 
 def test_without_optimization_receivers_the_lean_path_records_the_same_losses(
@@ -232,7 +261,7 @@ def test_without_optimization_receivers_the_lean_path_records_the_same_losses(
             def on_train_batch_end(
                 self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int
             ) -> None:
-                assert outputs["loss"] is runtime.state.step_metrics["train/loss"]
+                assert outputs["loss"].item() == float(runtime.state.step_metrics["train/loss"])
                 seen[key].append(outputs["loss"].item())
 
         return Outputs()
