@@ -24,8 +24,8 @@ a cheaper way to the same answers:
 A storage is never one of the objects answered ``None`` without torch, so the bytes written
 are exactly those of a plain ``torch.save``, and the file loads the same way.
 
-Where the slot is settable, a plain tensor (exactly ``torch.Tensor``, dense, on the CPU or a
-GPU, of a dtype torch pickles through a typed storage, without attributes, hooks or
+Where the slot is settable, a plain tensor (exactly ``torch.Tensor``, dense, on the CPU, of a
+dtype torch pickles through a typed storage, without attributes, hooks or
 ``skip_data``) is also reduced here rather than by ``Tensor.__reduce_ex__`` (Python, a few dozen
 tests deep): the same ``_rebuild_tensor_v2`` call with the same arguments, its storage's id
 asked of torch once, directly (torch's ``persistent_id`` is otherwise asked about the rebuild
@@ -164,13 +164,13 @@ class Pickler(pickle.Pickler):
 
 def _reducible(tensor: torch.Tensor) -> bool:
     """Whether torch reduces ``tensor`` (exactly a ``torch.Tensor``) as :meth:`Pickler._reduce_tensor`
-    does: dense and strided, on the CPU or a CUDA device, a typed-storage dtype, no Python
+    does: dense and strided, on the CPU, a typed-storage dtype, no Python
     attributes (state torch would pickle), no backward hooks (torch warns about those), not
     inside ``torch.serialization.skip_data``."""
     return (
         tensor.dtype in FAST_DTYPES
         and tensor.layout is _STRIDED
-        and (tensor.is_cpu or tensor.is_cuda)
+        and tensor.is_cpu
         and not tensor.is_nested
         and not tensor._backward_hooks
         and not tensor.__dict__

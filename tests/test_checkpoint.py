@@ -575,6 +575,7 @@ def _tensor_zoo() -> dict:
             "parameter": torch.nn.Parameter(torch.zeros(2)),
             "uint16": torch.zeros(2, dtype=torch.uint16),
             "sparse": torch.eye(3).to_sparse(),
+            "meta": torch.empty(2, device="meta"),
             "from numpy": torch.from_numpy(np.arange(5)),
             "frombuffer": torch.frombuffer(bytearray(b"abcdefgh"), dtype=torch.int16),
             "twice": [base[0], base[0]],
