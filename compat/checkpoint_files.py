@@ -4,6 +4,7 @@ and the ``train_time_interval`` argument (kept apart so the callback reads as it
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -88,18 +89,28 @@ def fill_template(template: str, metrics: dict[str, Any], *, insert_names: bool,
     """Fill ``{name}`` / ``{name:fmt}`` fields of ``template`` from ``metrics``.
 
     With ``insert_names`` each field becomes ``name=<value>``. Names may hold ``/`` or ``.``
-    (``{val/loss:.2f}``); a name not in ``metrics`` formats as 0. Longer names are replaced
-    first, so ``{epoch_test}`` is not mistaken for ``{epoch}``.
+    (``{val/loss:.2f}``); a name not in ``metrics`` formats as 0.
     """
+    form, names = _format_string(template, insert_names, equals)
     values = dict(metrics)
+    for name in names:
+        if name not in values:
+            values[name] = torch.tensor(0)
+    return form.format(values)
+
+
+@functools.lru_cache(maxsize=64)
+def _format_string(template: str, insert_names: bool, equals: str) -> tuple[str, tuple[str, ...]]:
+    """``template`` as a ``str.format`` string reading one mapping (``{0[name]}``), and the
+    names it reads. Longer names are replaced first, so ``{epoch_test}`` is not mistaken for
+    ``{epoch}``. Cached: a checkpoint callback formats the same template at every save."""
     fields = sorted(re.findall(r"(\{.*?)[:\}]", template), key=len, reverse=True)
     for field in fields:
         name = field[1:]
         if insert_names:
             template = template.replace(field, name + equals + "{" + name)
         template = template.replace(field, "{0[" + name + "]")
-        values.setdefault(name, torch.tensor(0))
-    return template.format(values)
+    return template, tuple(field[1:] for field in fields)
 
 
 def link_checkpoint(target: str, link: str) -> None:

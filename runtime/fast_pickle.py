@@ -23,6 +23,13 @@ a cheaper way to the same answers:
 
 A storage is never one of the objects answered ``None`` without torch, so the bytes written
 are exactly those of a plain ``torch.save``, and the file loads the same way.
+
+Where the slot is settable, a plain tensor (exactly ``torch.Tensor``, dense, on the CPU, of a
+dtype torch pickles through a typed storage, without attributes, hooks or
+``skip_data``) is also reduced here rather than by ``Tensor.__reduce_ex__`` (Python, a few dozen
+tests deep): the same ``_rebuild_tensor_v2`` call with the same arguments, its storage's id
+asked of torch once, directly (torch's ``persistent_id`` is otherwise asked about the rebuild
+function and the argument tuple first). Any other tensor goes through torch's reduction.
 """
 
 from __future__ import annotations
@@ -51,6 +58,30 @@ _ID_SLOT = pickle.Pickler.__dict__.get("persistent_id")
 _SET_ID = _ID_SLOT.__set__ if isinstance(_ID_SLOT, types.GetSetDescriptorType) else None
 
 _STORAGE_TYPES = (torch.storage.TypedStorage, torch.UntypedStorage)
+
+_Tensor = torch.Tensor
+_TypedStorage = torch.storage.TypedStorage
+_REBUILD = torch._utils._rebuild_tensor_v2
+_METADATA = torch._C._get_tensor_metadata  # type: ignore[attr-defined]
+_SERIALIZATION = torch.serialization._serialization_tls
+_STRIDED = torch.strided
+
+
+def _typed_storage_dtypes() -> frozenset[torch.dtype]:
+    """The common dtypes torch pickles as ``_rebuild_tensor_v2`` of a typed storage (none,
+    so no tensor is reduced here, where this torch does not say which those are)."""
+    new_dtypes = getattr(torch.storage, "_new_dtypes", None)
+    if new_dtypes is None:
+        return frozenset()
+    common = {
+        torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64,
+        torch.complex128, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool,
+    }
+    return frozenset(common - set(new_dtypes()))
+
+
+#: Dtypes of the tensors reduced here rather than by ``Tensor.__reduce_ex__``.
+FAST_DTYPES: frozenset[torch.dtype] = _typed_storage_dtypes()
 
 
 class Pickler(pickle.Pickler):
@@ -91,8 +122,11 @@ class Pickler(pickle.Pickler):
         return pid
 
     def reducer_override(self, obj: Any) -> Any:
-        """Switch torch's ``persistent_id`` on before a tensor's reduction is pickled."""
+        """A plain tensor's reduction (see the module docstring); before any other tensor's,
+        switch torch's ``persistent_id`` on."""
         if _SET_ID is not None and type(self)._torch_persistent_id is not None:
+            if type(obj) is _Tensor and _reducible(obj):
+                return self._reduce_tensor(obj)
             if isinstance(obj, torch.Tensor):
                 _SET_ID(self, self._storage_id)
             elif isinstance(obj, _STORAGE_TYPES):
@@ -100,3 +134,45 @@ class Pickler(pickle.Pickler):
                     "fast_pickle: a storage outside a tensor; save it with torch.save's own pickle"
                 )
         return NotImplemented
+
+    def _reduce_tensor(self, tensor: torch.Tensor) -> tuple[Any, tuple[Any, ...]]:
+        """What ``Tensor.__reduce_ex__`` returns for a plain tensor; its storage is registered
+        with torch now and answered by :meth:`_pending_id` when the pickler reaches it."""
+        storage = _TypedStorage(wrap_storage=tensor.untyped_storage(), dtype=tensor.dtype, _internal=True)
+        self._pending = (storage, self._torch_id(storage))
+        _SET_ID(self, self._pending_id)  # type: ignore[misc]
+        args: tuple[Any, ...] = (
+            storage,
+            tensor.storage_offset(),
+            tuple(tensor.size()),
+            tensor.stride(),
+            tensor.requires_grad,
+            OrderedDict(),  # backward hooks are never saved
+        )
+        metadata = _METADATA(tensor)  # the conjugate / negative bits, when set
+        return (_REBUILD, args + (metadata,) if metadata else args)
+
+    def _pending_id(self, obj: Any) -> Any:
+        """The registered storage's id for the storage, None for what is pickled before it
+        (the rebuild function, the argument tuple); then back to answering ``None`` in C."""
+        storage, pid = self._pending
+        if obj is not storage:
+            return None
+        _SET_ID(self, _NO_ID)  # type: ignore[misc]
+        return pid
+
+
+def _reducible(tensor: torch.Tensor) -> bool:
+    """Whether torch reduces ``tensor`` (exactly a ``torch.Tensor``) as :meth:`Pickler._reduce_tensor`
+    does: dense and strided, on the CPU, a typed-storage dtype, no Python
+    attributes (state torch would pickle), no backward hooks (torch warns about those), not
+    inside ``torch.serialization.skip_data``."""
+    return (
+        tensor.dtype in FAST_DTYPES
+        and tensor.layout is _STRIDED
+        and tensor.is_cpu
+        and not tensor.is_nested
+        and not tensor._backward_hooks
+        and not tensor.__dict__
+        and not _SERIALIZATION.skip_data
+    )

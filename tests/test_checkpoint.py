@@ -549,6 +549,85 @@ def test_the_fast_pickler_writes_exactly_the_bytes_of_a_plain_torch_save() -> No
     assert torch.equal(loaded["views"][1], shared[2:]) and loaded["views"][3] == torch.Size([2, 3])
 
 
+def _tensor_zoo() -> dict:
+    """Tensors of every kind the fast pickler reduces itself, and of kinds it leaves to torch."""
+    from runtime import fast_pickle
+
+    base = torch.arange(24.0).reshape(4, 6)
+    tagged = torch.ones(3)
+    tagged.note = "an attribute"  # type: ignore[attr-defined]  # torch pickles the tensor's state
+    hooked = torch.ones(2, requires_grad=True)
+    hooked.register_hook(lambda grad: grad)
+    zoo: dict = {f"dtype {dtype}": torch.ones(3).to(dtype) for dtype in sorted(fast_pickle.FAST_DTYPES, key=str)}
+    zoo.update(
+        {
+            "transposed": base.t(),
+            "strided view": base[1:, ::2],
+            "offset view": base.view(-1)[5:9],
+            "same storage again": base,
+            "scalar": torch.tensor(2.5),
+            "empty": torch.empty(0, 3),
+            "requires grad": torch.ones(2, requires_grad=True),
+            "conjugate": torch.tensor([1 + 2j, 3 - 1j]).conj(),
+            "negative": torch.tensor([1 + 2j]).conj().imag,
+            "tagged": tagged,
+            "hooked": hooked,
+            "parameter": torch.nn.Parameter(torch.zeros(2)),
+            "uint16": torch.zeros(2, dtype=torch.uint16),
+            "sparse": torch.eye(3).to_sparse(),
+            "meta": torch.empty(2, device="meta"),
+            "not a leaf": torch.ones(2, requires_grad=True) * 2,
+            "inference": torch.inference_mode()(torch.ones)(2),
+            "channels last": torch.ones(1, 2, 3, 3).to(memory_format=torch.channels_last),
+            "from numpy": torch.from_numpy(np.arange(5)),
+            "frombuffer": torch.frombuffer(bytearray(b"abcdefgh"), dtype=torch.int16),
+            "twice": [base[0], base[0]],
+        }
+    )
+    return zoo
+
+
+def test_the_fast_pickler_reduces_every_kind_of_tensor_as_torch_does() -> None:
+    """Plain tensors are reduced by fast_pickle itself (views, offsets, conjugate / negative
+    bits, requires_grad, every dtype it takes), others by torch: the bytes are torch.save's."""
+    from runtime import fast_pickle
+
+    zoo = _tensor_zoo()
+    plain, fast = io.BytesIO(), io.BytesIO()
+    with pytest.warns(UserWarning, match="backward hook"):
+        torch.save(zoo, plain)
+    with pytest.warns(UserWarning, match="backward hook"):  # torch's own reduction still runs for it
+        torch.save(zoo, fast, pickle_module=fast_pickle)
+    assert fast.getvalue() == plain.getvalue()
+    fast.seek(0)
+    loaded = torch.load(fast, weights_only=False)
+    assert loaded["conjugate"].is_conj() and torch.equal(loaded["conjugate"], zoo["conjugate"])
+    assert loaded["transposed"].stride() == (1, 6) and loaded["tagged"].note == "an attribute"
+
+
+def test_the_fast_pickler_reduces_plain_tensors_without_torchs_reduction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path is taken (torch's reduction is never asked) and the file loads the same."""
+    from runtime import fast_pickle
+
+    if fast_pickle._SET_ID is None:
+        pytest.skip("this Python's pickler has no per-instance persistent_id: torch reduces every tensor")
+    checkpoint = {"weights": torch.randn(3, 4), "rng": rng_state(), "shared": [torch.ones(2)] * 2}
+    expected = io.BytesIO()
+    torch.save(checkpoint, expected)
+
+    def refuse(self: torch.Tensor, protocol: int) -> None:
+        raise AssertionError("torch's reduction was asked")
+
+    monkeypatch.setattr(torch.Tensor, "__reduce_ex__", refuse)
+    fast = io.BytesIO()
+    torch.save(checkpoint, fast, pickle_module=fast_pickle)
+    assert fast.getvalue() == expected.getvalue()
+    tagged = torch.ones(1)
+    tagged.note = "state"  # type: ignore[attr-defined]  # not a plain tensor: torch reduces it
+    with pytest.raises(AssertionError, match="reduction was asked"):
+        torch.save({"t": tagged}, io.BytesIO(), pickle_module=fast_pickle)
+
+
 def test_the_fast_pickler_refuses_a_storage_outside_a_tensor() -> None:
     """It looks for storages only inside tensors (a checkpoint holds no other: the content
     check refuses them), so a bare one is an error, never wrongly written bytes."""

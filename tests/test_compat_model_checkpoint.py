@@ -249,3 +249,26 @@ def test_on_write_error_continue_trains_on_and_keeps_the_best(
     assert calls[0] == 2  # epoch 2's write was tried (epochs 1 and 3 are not in the top 1)
     assert "could not write" in caplog.text and "training goes on" in caplog.text
     _only_the_first_best(ours, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("filename", "auto_insert"),
+    [
+        (None, True),
+        ("{epoch}-{val/loss:.3f}", True),
+        ("{epoch_test}_{epoch:02d}_{missing}", True),
+        ("ep{epoch:02d}-{val/loss:.2f}-{epoch}", False),
+        ("fixed", True),
+    ],
+)
+def test_checkpoint_names_are_lightnings_at_every_save(tmp_path: Path, filename: str | None, auto_insert: bool) -> None:
+    """The name template is parsed once and reused: each save still formats its own metrics
+    exactly as Lightning's ModelCheckpoint.format_checkpoint_name does (versions included)."""
+    ours = ModelCheckpoint(dirpath=tmp_path, filename=filename, auto_insert_metric_name=auto_insert)
+    theirs = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename=filename, auto_insert_metric_name=auto_insert)
+    for epoch, loss in ((0, 0.5), (1, 0.25), (12, 0.125)):
+        metrics = {"epoch": torch.tensor(epoch), "step": torch.tensor(10 * epoch), "val/loss": torch.tensor(loss),
+                   "epoch_test": torch.tensor(7)}
+        for ver in (None, 2):
+            expected = theirs.format_checkpoint_name(dict(metrics), ver=ver)
+            assert ours.format_checkpoint_name(metrics, ver=ver) == expected
