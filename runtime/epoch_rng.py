@@ -34,7 +34,7 @@ class EpochRng:
     not change); the converted form equals what it would have returned at the same moment.
     """
 
-    __slots__ = ("_cuda", "_numpy", "_python", "_torch")
+    __slots__ = ("_cuda", "_form", "_numpy", "_python", "_torch")
 
     def __init__(self) -> None:
         self._python = random.getstate()
@@ -42,9 +42,17 @@ class EpochRng:
         np = _numpy()
         self._numpy = None if np is None else np.random.get_state(legacy=True)
         self._cuda = list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None
+        self._form: dict[str, Any] | None = None
 
     def checkpoint_form(self) -> dict[str, Any]:
-        """The states as :func:`runtime.checkpoint.rng_state` gives them (new containers)."""
+        """The states as :func:`runtime.checkpoint.rng_state` gave them: converted on the first
+        call, the same dict after (every checkpoint of the epoch holds that one dict, as when
+        the epoch start converted it; several mid-epoch checkpoints convert once)."""
+        if self._form is None:
+            self._form = self._convert()
+        return self._form
+
+    def _convert(self) -> dict[str, Any]:
         version, internal, gauss_next = self._python
         state: dict[str, Any] = {"python": [version, _python_words(internal), gauss_next], "torch": self._torch}
         if self._numpy is not None:

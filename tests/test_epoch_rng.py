@@ -51,15 +51,15 @@ def test_the_epoch_start_state_converts_to_what_rng_state_read_then() -> None:
     form = captured.checkpoint_form()
     _assert_same_form(form, expected)
     assert form["numpy"]["has_gauss"] == 1 and form["python"][2] is not None
-    _assert_same_form(captured.checkpoint_form(), expected)  # converting twice: the same again
+    assert captured.checkpoint_form() is form  # converted once: every checkpoint holds that dict
     set_rng_state(form)
     assert _draw() == after
 
 
 class _Probe(Callback):
     """Records rng_state() at each epoch start (the loader is a list: nothing draws between the
-    loop's capture and this event) and the loop's entries of a checkpoint built mid-epoch and
-    at the epoch's end; draws from every generator after each batch."""
+    loop's capture and this event) and the loop's entries of checkpoints built after batches 2
+    and 4 and at the epoch's end; draws from every generator after each batch."""
 
     def __init__(self) -> None:
         self.at_start: list[dict[str, Any]] = []
@@ -71,7 +71,7 @@ class _Probe(Callback):
 
     def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
         _draw()
-        if batch_idx == 2:
+        if batch_idx in (2, 4):
             self.mid.append(runtime.checkpoint_dict()["loop"]["epoch_rng"])
 
     def on_train_epoch_end(self, runtime: Runtime) -> None:
@@ -83,7 +83,8 @@ def test_a_checkpoint_holds_the_epoch_start_state_mid_epoch_only() -> None:
     rt = Runtime(make_model(seed=4, dropout=0.5), [probe], base_config(epochs=2, seed=5),
                  loss=F.cross_entropy, tracker=NullTracker())
     rt.fit(list(make_loader()))
-    assert len(probe.at_start) == len(probe.mid) == 2
-    for held, expected in zip(probe.mid, probe.at_start, strict=True):
+    assert len(probe.at_start) == 2 and len(probe.mid) == 4
+    for held, expected in zip(probe.mid, [s for s in probe.at_start for _ in (2, 4)], strict=True):
         _assert_same_form(held, expected)
+    assert probe.mid[0] is probe.mid[1] and probe.mid[2] is probe.mid[3]  # converted once an epoch
     assert probe.end == [None, None]  # the epoch's batches are done: nothing to replay
