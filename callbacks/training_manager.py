@@ -162,7 +162,8 @@ class TrainingManager(Callback):
                 runtime.bus.disconnect("train_batch_start", self.on_train_batch_start)
 
     def on_train_epoch_start(self, runtime: Runtime) -> None:
-        self._apply(runtime, runtime.state.epoch, set_lr=True)
+        if self._plans or self._frozen or self._frozen_bns:  # else _apply has nothing to change
+            self._apply(runtime, runtime.state.epoch, set_lr=True)
 
     def on_validation_end(self, runtime: Runtime) -> None:
         # The loop calls model.train() right after this event; re-apply eval to the frozen

@@ -29,6 +29,7 @@ from runtime.checkpoint import save_checkpoint
 from runtime.config import Config, ConfigError, config_to_dict, load_config
 from runtime.data import num_batches
 from runtime.devices import autocast_for, select_device
+from runtime.epoch_rng import EpochRng, held_epoch_rng
 from runtime.metrics import MetricStore
 from runtime.module import bridge_for, plain_loss, resolve_loss
 from runtime.optim import SchedulerConfig, configure_optimization, step_schedulers
@@ -141,7 +142,7 @@ class RuntimeCore:
         when the model has no such hooks (chosen once per run)."""
         self.metrics = MetricStore(self.state, self.device)
         """What ``log`` records; reduced per epoch into ``state.metrics``."""
-        self._epoch_rng: dict[str, Any] | None = None
+        self._epoch_rng: EpochRng | None = None
         self._val_pending = False
         self._logged_step = -1
         self._resume: ResumePoint | None = None
@@ -199,7 +200,8 @@ class RuntimeCore:
 
     def checkpoint_dict(self) -> dict[str, Any]:
         """The checkpoint as a dict of weights_only-safe values (see DESIGN.md)."""
-        checkpoint = checkpoint_of(self, epoch_rng=self._epoch_rng, val_pending=self._val_pending)
+        epoch_rng = held_epoch_rng(self.state, self._epoch_rng)  # converted only when held
+        checkpoint = checkpoint_of(self, epoch_rng=epoch_rng, val_pending=self._val_pending)
         self.bus.event.save_checkpoint.emit(self, checkpoint=checkpoint)
         return checkpoint
 
@@ -413,15 +415,13 @@ class RuntimeCore:
         return sum(counts, 0)
 
     def _max_steps_reached(self) -> bool:
-        max_steps = self.state.max_steps
-        return max_steps is not None and self.state.global_step >= max_steps
+        return self.state.max_steps is not None and self.state.global_step >= self.state.max_steps
 
     def _to_device(self, batch: Any) -> Any:
         return batch if self._transfer is None else self._transfer(batch)
 
     def _restore(self, path: str | os.PathLike[str]) -> None:
-        """Load a checkpoint: datamodule state, weights, optimizers/schedulers/scaler, callbacks,
-        loop position."""
+        """Load a checkpoint: datamodule state, weights, optimizers, callbacks, loop position."""
         self.ckpt_path = str(path)
         checkpoint = load_for_resume(self, path)
         self.bus.event.load_checkpoint.emit(self, checkpoint=checkpoint)

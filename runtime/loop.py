@@ -12,7 +12,6 @@ the exact restore), :mod:`runtime.devices` (seed, device, precision), :mod:`runt
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -389,8 +388,11 @@ class Runtime(RuntimeCore):
                     batch = self._to_device(batch)
                     metrics.batch, metrics.batch_size = batch, None
                     if batch_start.dispatch: batch_start.emit(self, batch=batch, batch_idx=batch_idx, dataloader_idx=dataloader_idx)  # noqa: E701
-                    with self._autocast or contextlib.nullcontext():
+                    if self._autocast is None:  # full precision: no context to enter
                         outputs = self._eval_step(stage, prefix, batch, batch_idx, step, dataloader_idx)
+                    else:
+                        with self._autocast:
+                            outputs = self._eval_step(stage, prefix, batch, batch_idx, step, dataloader_idx)
                     if batch_end.dispatch: batch_end.emit(self, outputs=outputs, batch=batch, batch_idx=batch_idx, dataloader_idx=dataloader_idx)  # noqa: E701
                     if metrics.lightning is not None: self._log_eval_step(prefix)  # noqa: E701
         reduced: dict[str, float] = {}

@@ -34,6 +34,7 @@ from runtime.checkpoint import (
 )
 from runtime.config import config_to_dict
 from runtime.data import iterate, set_sampler_epoch
+from runtime.epoch_rng import EpochRng
 from runtime.lightning_ckpt import (
     LIGHTNING_FORMAT_VERSION,
     LIGHTNING_VERSION_KEY,
@@ -369,7 +370,7 @@ def _load_optimizers(runtime: Runtime, states: list[Any], path: str | os.PathLik
 
 def epoch_batches(
     loader: Iterable[Any], epoch: int, resume: ResumePoint | None, lookahead: LoopState | None = None
-) -> tuple[Iterator[Any], dict[str, Any]]:
+) -> tuple[Iterator[Any], EpochRng]:
     """The epoch's batches (from the resume position) and the RNG state at the epoch's start.
 
     Exact resume: replay the epoch's start (same shuffle, same worker seeds), skip the
@@ -380,14 +381,14 @@ def epoch_batches(
     """
     set_sampler_epoch(loader, epoch)
     if resume is None:
-        epoch_rng = rng_state()
+        epoch_rng = EpochRng()
         batches = iterate(loader)
         return (batches if lookahead is None else fetch_ahead(batches, lookahead)), epoch_rng
     if resume.epoch_rng is not None:
         set_rng_state(resume.epoch_rng)
     elif resume.rng is not None:
         set_rng_state(resume.rng)
-    epoch_rng = rng_state()
+    epoch_rng = EpochRng()
     batches = iterate(loader, resume.batch_idx, replay_persistent=epoch > 0)
     if lookahead is not None:  # fetched ahead before the saved stream, as in the saved run
         batches = fetch_ahead(batches, lookahead, resumed=resume.batch_idx > 0)

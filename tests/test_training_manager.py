@@ -158,6 +158,26 @@ def test_without_nodes_the_runtime_builds_its_own_optimizer() -> None:
     assert len(rt.optimizer.param_groups) == 1  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("freeze", [None, {"backbone": {"active": False}}])
+def test_with_nothing_to_freeze_every_epoch_trains_as_without_the_manager(freeze: Any) -> None:
+    """No active node: the manager's epoch start changes nothing (it skips its work), so the
+    run's weights, BN modes and requires_grad are those of a run without it."""
+
+    def run(callbacks: list[Any]) -> tuple[Runtime, FreezeProbe]:
+        probe, model = FreezeProbe(), Net()
+        model.backbone[0].bias.requires_grad_(False)  # frozen by the user for good
+        rt = _runtime([*callbacks, probe], model=model, epochs=3)
+        rt.fit(make_loader(32), make_loader(16))
+        return rt, probe
+
+    manager = TrainingManager(freeze=freeze)
+    (with_manager, seen), (without, expected) = run([manager]), run([])
+    assert _same(with_manager.model.state_dict(), without.model.state_dict())
+    assert (seen.requires_grad, seen.bn_training) == (expected.requires_grad, expected.bn_training)
+    assert seen.requires_grad == {0: {True, False}, 1: {True, False}, 2: {True, False}}
+    assert manager.frozen_nodes() == set()
+
+
 class LrProbe(Callback):
     """Registered after the manager: group lr / initial_lr and scheduler base_lrs per epoch."""
 
