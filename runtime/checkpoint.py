@@ -291,6 +291,43 @@ def _python_words(internal: tuple[int, ...]) -> torch.Tensor:
     return torch.frombuffer(array(_WORD64, internal), dtype=torch.int64)
 
 
+#: The global generators' states as their getters return them (see :func:`read_rng`).
+RawRng = tuple[tuple[Any, ...], torch.Tensor, tuple[Any, ...] | None, list[torch.Tensor] | None]
+
+
+def read_rng() -> RawRng:
+    """Every global random generator's state as its getter returns it (each a copy that later
+    draws do not change): ``random``'s, torch's CPU generator's, NumPy's legacy generator's
+    (None without NumPy) and one per visible GPU (None without CUDA)."""
+    np = _numpy()
+    return (
+        random.getstate(),
+        torch.get_rng_state(),
+        None if np is None else np.random.get_state(legacy=True),
+        list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None,
+    )
+
+
+def rng_form(raw: RawRng) -> dict[str, Any]:
+    """:func:`read_rng`'s states in :func:`rng_state`'s ``weights_only``-safe form."""
+    (version, internal, gauss_next), torch_state, numpy_state, cuda = raw
+    state: dict[str, Any] = {"python": [version, _python_words(internal), gauss_next], "torch": torch_state}
+    if numpy_state is not None:
+        np = _numpy()
+        assert np is not None  # the state was read through it
+        name, keys, pos, has_gauss, cached_gaussian = numpy_state
+        state["numpy"] = {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        }
+    if cuda is not None:
+        state["cuda"] = cuda
+    return state
+
+
 def rng_state() -> dict[str, Any]:
     """Capture every global random generator, in a ``weights_only``-safe form.
 
@@ -301,24 +338,7 @@ def rng_state() -> dict[str, Any]:
     generator's uint8 tensor) and ``cuda`` (one tensor per visible GPU, when CUDA is
     available). Restore it with :func:`set_rng_state`.
     """
-    version, internal, gauss_next = random.getstate()
-    state: dict[str, Any] = {
-        "python": [version, _python_words(internal), gauss_next],
-        "torch": torch.get_rng_state(),
-    }
-    np = _numpy()
-    if np is not None:
-        name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-        state["numpy"] = {
-            "bit_generator": str(name),
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        }
-    if torch.cuda.is_available():
-        state["cuda"] = list(torch.cuda.get_rng_state_all())
-    return state
+    return rng_form(read_rng())
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:

@@ -11,12 +11,9 @@ checkpoint at all, needs no conversion. :class:`EpochRng` keeps what the getters
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-import torch
-
-from runtime.checkpoint import _numpy, _python_words
+from runtime.checkpoint import read_rng, rng_form
 from runtime.state import LoopState
 
 __all__ = ["EpochRng", "held_epoch_rng"]
@@ -34,14 +31,10 @@ class EpochRng:
     not change); the converted form equals what it would have returned at the same moment.
     """
 
-    __slots__ = ("_cuda", "_form", "_numpy", "_python", "_torch")
+    __slots__ = ("_form", "_raw")
 
     def __init__(self) -> None:
-        self._python = random.getstate()
-        self._torch = torch.get_rng_state()
-        np = _numpy()
-        self._numpy = None if np is None else np.random.get_state(legacy=True)
-        self._cuda = list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None
+        self._raw = read_rng()
         self._form: dict[str, Any] | None = None
 
     def checkpoint_form(self) -> dict[str, Any]:
@@ -49,25 +42,8 @@ class EpochRng:
         call, the same dict after (every checkpoint of the epoch holds that one dict, as when
         the epoch start converted it; several mid-epoch checkpoints convert once)."""
         if self._form is None:
-            self._form = self._convert()
+            self._form = rng_form(self._raw)
         return self._form
-
-    def _convert(self) -> dict[str, Any]:
-        version, internal, gauss_next = self._python
-        state: dict[str, Any] = {"python": [version, _python_words(internal), gauss_next], "torch": self._torch}
-        if self._numpy is not None:
-            np = _numpy()
-            name, keys, pos, has_gauss, cached_gaussian = self._numpy
-            state["numpy"] = {
-                "bit_generator": str(name),
-                "keys": torch.from_numpy(keys.astype(np.int64)),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached_gaussian": float(cached_gaussian),
-            }
-        if self._cuda is not None:
-            state["cuda"] = list(self._cuda)
-        return state
 
 
 def held_epoch_rng(state: LoopState, epoch_rng: EpochRng | None) -> dict[str, Any] | None:
