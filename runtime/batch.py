@@ -11,9 +11,9 @@ per-step cost over the hand-written loop stays a few thousand instructions
 
 The recorded loss (``train/loss``'s value and ``step_metrics``) of a loss on the CPU is its
 Python float (``loss.item()``: nothing to sync on the CPU, exact in float64, which is what the
-epoch's reduction computes in). Keeping a tensor per step until the epoch is reduced kept as
-many allocations alive (malloc then works harder on every step) and made the reduction
-stack hundreds of tensors; a float costs neither. A loss on an accelerator is recorded as
+epoch's reduction computes in). It costs a step what ``loss.data`` did, and the epoch's
+reduction then turns one list of floats into a tensor instead of stacking hundreds of 0-d
+tensors (about 400 -> 80 us for 401 steps). A loss on an accelerator is recorded as
 ``loss.data``, never synced per step: the value ``loss.detach()`` gives (the same storage,
 no ``grad_fn``, so it keeps no graph alive) without a dispatcher call and an autograd view.
 ``outputs["loss"]`` is ``loss.data`` and is built only when ``train_batch_end`` has a

@@ -29,7 +29,7 @@ from runtime.checkpoint import save_checkpoint
 from runtime.config import Config, ConfigError, config_to_dict, load_config
 from runtime.data import num_batches
 from runtime.devices import autocast_for, select_device
-from runtime.epoch_rng import EpochRng, held_epoch_rng
+from runtime.epoch_rng import EpochRng
 from runtime.metrics import MetricStore
 from runtime.module import bridge_for, plain_loss, resolve_loss
 from runtime.optim import SchedulerConfig, configure_optimization, step_schedulers
@@ -200,8 +200,7 @@ class RuntimeCore:
 
     def checkpoint_dict(self) -> dict[str, Any]:
         """The checkpoint as a dict of weights_only-safe values (see DESIGN.md)."""
-        epoch_rng = held_epoch_rng(self.state, self._epoch_rng)  # converted only when held
-        checkpoint = checkpoint_of(self, epoch_rng=epoch_rng, val_pending=self._val_pending)
+        checkpoint = checkpoint_of(self, epoch_rng=self._epoch_rng, val_pending=self._val_pending)
         self.bus.event.save_checkpoint.emit(self, checkpoint=checkpoint)
         return checkpoint
 

@@ -6,7 +6,7 @@ epoch_batches`), so every training epoch reads every global generator when it st
 checkpoint written before the epoch's last batch holds that state, and it holds it in the
 weights_only-safe form of :func:`runtime.checkpoint.rng_state`; an epoch-end checkpoint, or no
 checkpoint at all, needs no conversion. :class:`EpochRng` keeps what the getters returned and
-:func:`held_epoch_rng` converts it for a checkpoint that holds it.
+:func:`runtime.resume.checkpoint_of` converts it for a checkpoint that holds it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.checkpoint import read_rng, rng_form
-from runtime.state import LoopState
 
-__all__ = ["EpochRng", "held_epoch_rng"]
+__all__ = ["EpochRng"]
 
 
 class EpochRng:
@@ -44,12 +43,3 @@ class EpochRng:
         if self._form is None:
             self._form = rng_form(self._raw)
         return self._form
-
-
-def held_epoch_rng(state: LoopState, epoch_rng: EpochRng | None) -> dict[str, Any] | None:
-    """The epoch-start random state a checkpoint written now holds, converted: None once the
-    epoch's batches are done (:func:`checkpoint_of` drops it then, by the same test), so an
-    epoch-end checkpoint converts nothing."""
-    if epoch_rng is None or (state.training is False and state.last_batch_done()):
-        return None
-    return epoch_rng.checkpoint_form()

@@ -75,11 +75,12 @@ class ResumePoint:
     val_pending: bool = False
 
 
-def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dict[str, Any]:
+def checkpoint_of(runtime: Runtime, *, epoch_rng: EpochRng | None, val_pending: bool) -> dict[str, Any]:
     """The checkpoint of ``runtime`` as a dict of weights_only-safe values (see DESIGN.md).
 
-    ``epoch_rng`` is the RNG state at the start of the running epoch and ``val_pending``
-    whether a validation is due after the last finished batch: the loop's own position.
+    ``epoch_rng`` is the RNG state read at the start of the running epoch (held, and converted,
+    only before its last batch is done) and ``val_pending`` whether a validation is due after
+    the last finished batch: the loop's own position.
     The dict is also a Lightning 2.6 checkpoint (see :mod:`runtime.lightning_ckpt`).
     """
     st = runtime.state
@@ -91,14 +92,15 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
         if state:
             callback_states[state_key(callback)] = state
     pending = runtime.metrics.pending("train")
-    epoch_rng = None if epoch_done else epoch_rng
+    # the epoch-start state replays an unfinished epoch: converted only when the file holds it
+    held_rng = None if epoch_done or epoch_rng is None else epoch_rng.checkpoint_form()
     # Each rank draws its own random numbers and logs its own values: rank zero writes
     # every rank's (a collective: every rank builds the checkpoint).
     # The gradients of an unfinished accumulation window differ between ranks too (no_sync).
     grads = _window_grads(runtime, epoch_done)
     rng = rng_state()  # once: nothing draws between the two places it goes
     ranks = dist.all_gather_object(
-        {"rng": rng, "epoch_rng": epoch_rng, "pending_logs": pending, "grads": grads}
+        {"rng": rng, "epoch_rng": held_rng, "pending_logs": pending, "grads": grads}
     )
     checkpoint = {
         FORMAT_KEY: FORMAT_VERSION,
@@ -109,7 +111,7 @@ def checkpoint_of(runtime: Runtime, *, epoch_rng: Any, val_pending: bool) -> dic
             "batch_idx": st.batch_idx,
             "epoch_done": epoch_done,
             "val_pending": val_pending,
-            "epoch_rng": epoch_rng,
+            "epoch_rng": held_rng,
             "pending_logs": pending,
             "grads": grads,
             **({"ranks": ranks} if len(ranks) > 1 else {}),
