@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from runtime import distributed as dist
-from runtime.batch import plain_batch_function
 from runtime.bus import Bus
 from runtime.checkpoint import save_checkpoint
 from runtime.config import Config, ConfigError, config_to_dict, load_config
@@ -368,12 +367,13 @@ class RuntimeCore:
             self._wrap_parallel()
 
     def _batch_function(self) -> Callable[[Any, int, bool], dict[str, Any] | None]:
-        """The function that trains one batch, chosen at every epoch start: the bridge's, a
-        plain module's lean one (:mod:`runtime.batch`) or the loop's general one; under DDP
-        with accumulation wrapped so that accumulating batches skip the all-reduce."""
+        """The function that trains one batch, chosen at every epoch start: the bridge's or the
+        loop's general one (a plain module's batches are written out in the loop where they can
+        be, :mod:`runtime.batch`); under DDP with accumulation wrapped so that accumulating
+        batches skip the all-reduce."""
         from runtime.parallel import no_sync_batches
 
-        train_batch = self._batch_override or plain_batch_function(self) or self._training_batch  # type: ignore[attr-defined,arg-type]
+        train_batch = self._batch_override or self._training_batch  # type: ignore[attr-defined]
         return no_sync_batches(self, train_batch)
 
     def _step_schedulers(self, interval: str, index: int, *, plateau: bool = False) -> None:

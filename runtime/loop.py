@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from runtime.batch import train_batches
 from runtime.checkpoint import isolated_rng, set_rng_state
 from runtime.core import RuntimeCore
 from runtime.datamodule import as_datamodule, fit_loaders, loader_of, prepare_and_setup
@@ -124,7 +125,7 @@ class Runtime(RuntimeCore):
     # ------------------------------------------------------------------ the fit loop
     def _train_epoch(self, loader: Iterable[Any], val_loader: Iterable[Any] | None) -> None:
         """One training epoch: batches, validation when due, epoch end, plateau schedulers."""
-        cfg, st, ev, metrics = self.config.trainer, self.state, self.bus.event, self.metrics
+        st, ev, metrics = self.state, self.bus.event, self.metrics
         unsized = math.isinf(st.num_training_batches)  # no length: see runtime.unsized
         resume, self._resume = self._resume, None
         skip = resume.batch_idx if resume else 0
@@ -149,50 +150,25 @@ class Runtime(RuntimeCore):
         if resume is not None and resume.val_pending and val_loader is not None and validates:
             self._validation_block(val_loader)  # due after the checkpointed batch, not yet run
 
-        # Per-batch work reads locals: see _training_batch on why the hot path is kept lean. A
-        # model that overrides optimization hooks or optimizes manually brings its own batch
-        # function (chosen once, in _configure_optimization); every other model runs the lean one.
-        batch_start, batch_end = ev.train_batch_start, ev.train_batch_end
-        training_batch, transfer = self._batch_function(), self._transfer  # DDP: no_sync while accumulating
-        log_every, last_logged = cfg.log_every_n_steps, self._logged_step
+        # The batches (runtime.batch: a plain module's step written out in the loop). A model
+        # that overrides optimization hooks or optimizes manually brings its own batch function
+        # (chosen once, in _configure_optimization); others fall back to _training_batch.
         max_steps = sys.maxsize if st.max_steps is None else st.max_steps  # an int: int compares are cheapest
-        self._val_pending = False
-        for batch_idx, batch in zip(indices, batches, strict=False):  # indices first: no extra fetch
-            if transfer is not None:  # to the device, through the model's batch-transfer hooks
-                batch = transfer(batch)
-            metrics.batch, metrics.batch_size = batch, None
-            if batch_start.dispatch: batch_start.emit(self, batch=batch, batch_idx=batch_idx)  # noqa: E701
-            outputs = training_batch(batch, batch_idx, batch_idx + 1 == n)
-            st.batch_idx = done = batch_idx + 1
-            # _val_pending is False here (set above, reset by every validation block); a
-            # checkpoint written by a batch_end receiver reads it: set only when due.
-            due = validates and (done % val_every == 0 or done == val_end)
-            if due:
-                self._val_pending = True
-            if batch_end.dispatch: batch_end.emit(self, outputs=outputs, batch=batch, batch_idx=batch_idx)  # noqa: E701
-            if st.global_step % log_every == 0 and st.global_step != last_logged:
-                self._log_step_metrics()
-                last_logged = st.global_step
-
-            if st.interrupted:  # a graceful interrupt: no validation, no epoch end
-                metrics.batch = None
-                return
-            if due or (validates and st.should_stop):
-                if done % self.accumulate_grad_batches == 0 or done == n:  # the batch stepped
-                    self._validation_zero_grad()
-                self._validation_block(val_loader)  # type: ignore[arg-type]  # validates: not None
-            if st.should_stop or st.global_step >= max_steps:
-                break
+        steps = zip(indices, batches, strict=False)  # indices first: no extra fetch
+        interrupted = train_batches(
+            self, steps, n, self._batch_function(), (val_loader if validates else None, val_every, val_end), max_steps
+        )
         metrics.batch = None
-        self._finish_epoch()
+        if not interrupted:
+            self._finish_epoch()
 
     def _training_batch(self, batch: Any, batch_idx: int, is_last: bool) -> dict[str, Any]:
         """training_step, zero_grad, backward, clip, optimizer step, step schedulers.
 
         The general path: every feature (accumulation, mixed precision, Lightning-style steps,
         skip_backward, a training strategy). A plain module trains its batches through
-        :func:`runtime.batch.plain_batch_function`, the same work in one call, and falls back
-        to this one for any batch that needs a feature it leaves out. Each line runs once per
+        :func:`runtime.batch.train_batches`, the same work written out in the loop, and falls
+        back to this one for any batch that needs a feature it leaves out. Each line runs once per
         batch between kernels that evict the CPU's caches, so every attribute chain and call
         shows in the per-step overhead that ``python -m benchmarks`` measures.
         """

@@ -1,7 +1,8 @@
-"""The lean batch function of a plain module (``runtime/batch.py``) trains exactly as the
+"""A plain module's batch written out in the loop (``runtime/batch.py``) trains exactly as the
 loop's general ``_training_batch``: same weights, metrics and events, bit for bit, and it
-honours what callbacks change during a run (a receiver connected to an optimization event,
-an optimizer's ``zero_grad`` patched on the instance, ``skip_backward``, accumulation)."""
+honours what callbacks change during a run, whichever event they change it in (a receiver
+connected to an optimization event, an optimizer's ``zero_grad`` patched on the instance or a
+param group added, ``skip_backward``, accumulation, clipping)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-import runtime.core
+import runtime.batch
 from conftest import base_config, make_loader, make_model
 from runtime import Callback, Runtime
-from runtime.batch import plain_batch_function
+from runtime.batch import lean_applies
 from runtime.errors import ConfigError
 from runtime.tracking import NullTracker
 
@@ -29,12 +30,12 @@ def lean_choices(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Whether the loop chose the lean function, at every epoch start."""
     chosen: list[bool] = []
 
-    def spy(rt: Any) -> Any:
-        function = plain_batch_function(rt)
-        chosen.append(function is not None)
-        return function
+    def spy(rt: Any) -> bool:
+        applies = lean_applies(rt)
+        chosen.append(applies)
+        return applies
 
-    monkeypatch.setattr(runtime.core, "plain_batch_function", spy)
+    monkeypatch.setattr(runtime.batch, "lean_applies", spy)
     return chosen
 
 
@@ -117,7 +118,7 @@ def test_the_lean_path_trains_bitwise_as_the_general_path(
     lean_callbacks = callbacks()
     lean = _fit(lean_callbacks, **case)
     assert lean_choices[0] is True  # the first epoch ran the lean function
-    monkeypatch.setattr(runtime.core, "plain_batch_function", lambda rt: None)
+    monkeypatch.setattr(runtime.batch, "lean_applies", lambda rt: False)
     general_callbacks = callbacks()
     general = _fit(general_callbacks, **case)
     _same_run(lean, general)
@@ -268,7 +269,76 @@ def test_without_optimization_receivers_the_lean_path_records_the_same_losses(
 
     lean = _fit([outputs("lean")], scheduler=_STEP_LR)
     assert lean_choices[0] is True
-    monkeypatch.setattr(runtime.core, "plain_batch_function", lambda rt: None)
+    monkeypatch.setattr(runtime.batch, "lean_applies", lambda rt: False)
     general = _fit([outputs("general")], scheduler=_STEP_LR)
     _same_run(lean, general)
     assert seen["lean"] == seen["general"] and len(seen["lean"]) == lean.state.global_step
+
+
+def _flips_at(event: str, attribute: str, value: Any, flipped: list[int], at: int = 2) -> Callback:
+    """A callback that, at ``event`` of batch ``at`` of the first epoch, sets ``attribute`` of
+    the runtime (``gradient_clip_val``: of the trainer config) to ``value``; it appends the
+    global step to ``flipped`` when it does."""
+
+    def flip(self: Callback, runtime: Runtime, **payload: Any) -> None:
+        st = runtime.state
+        if st.epoch == 0 and payload.get("batch_idx", st.batch_idx) == at and not flipped:
+            target = runtime.config.trainer if attribute == "gradient_clip_val" else runtime
+            setattr(target, attribute, value)
+            flipped.append(st.global_step)
+
+    return type("FlipsAt", (Callback,), {f"on_{event}": flip})()
+
+
+@pytest.mark.parametrize(
+    "event",
+    ["train_batch_start", "before_zero_grad", "before_backward", "after_backward", "before_optimizer_step", "train_batch_end"],
+)
+@pytest.mark.parametrize(
+    "flip",
+    [("skip_backward", True), ("accumulate_grad_batches", 2), ("gradient_clip_val", 0.01)],
+    ids=["skip-backward", "accumulate", "clip"],
+)
+def test_a_setting_changed_at_any_event_is_honoured_as_by_the_general_path(
+    monkeypatch: pytest.MonkeyPatch, event: str, flip: tuple[str, Any]
+) -> None:
+    """The written-out batch reads the runtime's settings again after every event that has
+    receivers, so a change made in any of them applies where the general path applies it."""
+    flipped: dict[str, list[int]] = {"lean": [], "general": []}
+    lean = _fit([_flips_at(event, *flip, flipped["lean"])])
+    monkeypatch.setattr(runtime.batch, "lean_applies", lambda rt: False)
+    general = _fit([_flips_at(event, *flip, flipped["general"])])
+    assert flipped["lean"] == flipped["general"] and len(flipped["lean"]) == 1
+    _same_run(lean, general)
+
+
+def test_a_param_group_added_mid_epoch_has_its_grads_cleared(
+    monkeypatch: pytest.MonkeyPatch, lean_choices: list[bool]
+) -> None:
+    """A callback that unfreezes a layer and adds it to the optimizer mid-epoch (as backbone
+    fine-tuning does): the written-out zero_grad clears the new group's grads from the next
+    batch on, exactly as ``zero_grad(set_to_none=True)``; a stale parameter list would let
+    them accumulate and the weights would differ."""
+
+    class Unfreezes(Callback):
+        def on_fit_start(self, runtime: Runtime) -> None:
+            first = runtime.model[0]  # type: ignore[index]
+            first.requires_grad_(False)
+            optimizer = runtime.optimizer
+            assert optimizer is not None
+            optimizer.param_groups[0]["params"] = [
+                p for p in optimizer.param_groups[0]["params"] if p.requires_grad
+            ]
+
+        def on_train_batch_end(self, runtime: Runtime, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if runtime.state.epoch == 0 and batch_idx == 1:
+                first = runtime.model[0]  # type: ignore[index]
+                first.requires_grad_(True)
+                runtime.optimizer.add_param_group({"params": list(first.parameters()), "lr": 0.05})  # type: ignore[union-attr]
+
+    lean = _fit([Unfreezes()])
+    assert lean_choices[0] is True
+    monkeypatch.setattr(runtime.batch, "lean_applies", lambda rt: False)
+    general = _fit([Unfreezes()])
+    _same_run(lean, general)
+    assert len(lean.optimizer.param_groups) == 2  # type: ignore[union-attr]
