@@ -20,16 +20,19 @@ batch it also needs an ``(inputs, targets, ...)`` tuple or list and a loss that 
 tensor.
 
 **What a batch re-reads, and when.** The runtime's settings this form depends on (the model,
-loss, optimizer and its parameters, whether its ``zero_grad`` is the base one, clipping,
-schedulers, accumulation, ``skip_backward``, the training strategy, the ``train/loss`` log) are
-read into locals (:func:`_settings`) at the epoch start and read again after anything that
-can run a callback: every per-batch event that has receivers, a logged step (the tracker), a
-validation block. So a callback that changes accumulation, ``skip_backward``, the optimizer's
-param groups or patches ``optimizer.zero_grad`` mid-epoch is honoured from the next batch,
-as before. What is read every batch: each event's receivers (a receiver connected mid-run,
-or the graceful interrupt's hook armed by a signal, is called), the stop and interrupt flags,
-and whether a profiler runs (then ``optimizer.zero_grad(set_to_none=True)`` is called, so
-traces keep its label: :func:`runtime.optim.zero_grad`).
+loss, optimizer and its parameters, whether its ``zero_grad`` is the base one, schedulers,
+accumulation, ``skip_backward``, the training strategy, the ``train/loss`` log) are read into
+locals (:func:`_settings`) at the epoch start and read again after anything that can run a
+callback: every per-batch event that has receivers, a validation block, a batch that went
+through the general path (a logged step only hands values to the tracker). So a callback
+that changes accumulation or ``skip_backward``, adds a param group or patches
+``optimizer.zero_grad`` mid-epoch, in any event, is honoured from the next batch, as the
+general path honours it. (A model whose own forward or loss changes those runtime settings
+mid-epoch sees the change from the next of those points.) Read every batch: each event's
+receivers (a receiver connected mid-run, or the graceful interrupt's hook armed by a signal,
+is called), the clipping value, the stop and interrupt flags, and whether a profiler runs
+(then ``optimizer.zero_grad(set_to_none=True)`` is called, so traces keep its label:
+:func:`runtime.optim.zero_grad`).
 
 The recorded loss of a CPU loss is its Python float (``loss.item()``: nothing to sync, exact
 in float64, which the epoch's reduction computes in); a loss on an accelerator is recorded
@@ -202,9 +205,8 @@ def train_batches(
             batch_end.emit(rt, outputs=outputs, batch=batch, batch_idx=batch_idx)
             stale = True
         if st.global_step % log_every == 0 and st.global_step != last_logged:
-            rt._log_step_metrics()
+            rt._log_step_metrics()  # to the tracker, which is handed values, not the runtime
             last_logged = st.global_step
-            stale = True
 
         if due or st.interrupted or st.should_stop or st.global_step >= max_steps:
             if st.interrupted:  # a graceful interrupt: no validation, no epoch end
