@@ -682,19 +682,23 @@ def _ordered_dict_zoo() -> dict:
     }
 
 
+def _saved_as_torch_saves_it(obj: object) -> bytes:
+    """``torch.save`` of ``obj`` through fast_pickle, asserted equal to a plain torch.save's bytes."""
+    from runtime import fast_pickle
+
+    plain, fast = io.BytesIO(), io.BytesIO()
+    torch.save(obj, plain)
+    torch.save(obj, fast, pickle_module=fast_pickle)
+    assert fast.getvalue() == plain.getvalue()
+    return fast.getvalue()
+
+
 def test_the_fast_pickler_reduces_ordered_dicts_as_pickle_does() -> None:
     """fast_pickle reduces an OrderedDict itself (its own reduction asks copyreg._slotnames, in
     Python, every time): the bytes are those of a plain torch.save for every kind, shared and
     attributed ones included, and it loads to equal values."""
-    from runtime import fast_pickle
-
     zoo = _ordered_dict_zoo()
-    plain, fast = io.BytesIO(), io.BytesIO()
-    torch.save(zoo, plain)
-    torch.save(zoo, fast, pickle_module=fast_pickle)
-    assert fast.getvalue() == plain.getvalue()
-    fast.seek(0)
-    loaded = torch.load(fast, weights_only=False)
+    loaded = torch.load(io.BytesIO(_saved_as_torch_saves_it(zoo)), weights_only=False)
     assert loaded["with attributes"].note == {"kept": [1, 2]}
     assert loaded["state_dict"]._metadata == zoo["state_dict"]._metadata
     assert list(loaded["shadowing items"].items()) == [("only", 0)]
@@ -726,12 +730,8 @@ def test_the_fast_pickler_takes_its_ordered_dict_path(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(copyreg, "_slotnames", slotnames)
     monkeypatch.setitem(copyreg.dispatch_table, OrderedDict, lambda od: (dict, (list(od.items()),)))
-    plain, fast = io.BytesIO(), io.BytesIO()
-    torch.save(checkpoint, plain)
-    torch.save(checkpoint, fast, pickle_module=fast_pickle)
-    assert fast.getvalue() == plain.getvalue()
-    fast.seek(0)
-    assert type(torch.load(fast, weights_only=False)["model"]) is dict  # the registered reducer ran
+    written = _saved_as_torch_saves_it(checkpoint)
+    assert type(torch.load(io.BytesIO(written), weights_only=False)["model"]) is dict  # the reducer ran
 
 
 @pytest.mark.parametrize("size", [8, 300_000], ids=["under the write buffer", "over it"])
