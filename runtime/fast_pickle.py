@@ -35,6 +35,7 @@ function and the argument tuple first). Any other tensor goes through torch's re
 from __future__ import annotations
 
 import collections
+import copyreg
 import pickle
 import types
 from collections import OrderedDict
@@ -123,7 +124,10 @@ class Pickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         """A plain tensor's reduction (see the module docstring); before any other tensor's,
-        switch torch's ``persistent_id`` on."""
+        switch torch's ``persistent_id`` on. An ``OrderedDict``'s reduction is answered here
+        too (see :func:`_ordered_dict_reduction`)."""
+        if type(obj) is OrderedDict:
+            return _ordered_dict_reduction(obj, self)
         if _SET_ID is not None and type(self)._torch_persistent_id is not None:
             if type(obj) is _Tensor and _reducible(obj):
                 return self._reduce_tensor(obj)
@@ -160,6 +164,32 @@ class Pickler(pickle.Pickler):
             return None
         _SET_ID(self, _NO_ID)  # type: ignore[misc]
         return pid
+
+
+#: Names the pickler and ``OrderedDict.__reduce__`` look up on the instance before its state
+#: (an instance attribute of one of these names changes the reduction): such an
+#: ``OrderedDict`` is left to its own reduction. (``items`` is looked up on the instance by
+#: both ways alike.)
+_REDUCTION_NAMES = frozenset({"__reduce_ex__", "__reduce__", "__getstate__"})
+
+
+def _ordered_dict_reduction(ordered: OrderedDict[Any, Any], pickler: pickle.Pickler) -> Any:
+    """What ``ordered.__reduce_ex__(2)`` returns, without its Python detour.
+
+    ``OrderedDict.__reduce__`` (C) asks for the instance's state, and that asks
+    ``copyreg._slotnames`` (Python) every time: the built-in type cannot cache
+    ``__slotnames__``, so the call also raises and catches a TypeError. A checkpoint pickles
+    one ``OrderedDict`` per tensor (torch's empty backward-hooks argument) and the model's
+    state_dict. The reduction is the same tuple: the class, no arguments, the instance's
+    ``__dict__`` (None when empty; ``OrderedDict`` has no slots) and an iterator over its
+    items. An ``OrderedDict`` whose instance attributes shadow a name the reduction looks up,
+    or whose type a dispatch table reduces, is left to the pickler (``NotImplemented``).
+    """
+    state = ordered.__dict__
+    table = getattr(pickler, "dispatch_table", copyreg.dispatch_table)
+    if OrderedDict in table or (state and not _REDUCTION_NAMES.isdisjoint(state)):
+        return NotImplemented
+    return (OrderedDict, (), state or None, None, iter(ordered.items()))
 
 
 def _reducible(tensor: torch.Tensor) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import random
@@ -652,3 +653,99 @@ def test_the_refusal_names_nested_key_paths(tmp_path: Path, checkpoint: dict, ke
     with pytest.raises(CheckpointError) as info:
         save_checkpoint(checkpoint, tmp_path / "x.ckpt")
     assert f": {key_path}: <class " in str(info.value)
+
+
+class _OrderedSub(OrderedDict):
+    """Not exactly an OrderedDict: pickled by its own reduction."""
+
+
+def _ordered_dict_zoo() -> dict:
+    """OrderedDicts of every kind a checkpoint can hold, and kinds the fast pickler leaves alone."""
+    model, _ = _model_and_optimizer()
+    with_attributes = OrderedDict(a=1)
+    with_attributes.note = {"kept": [1, 2]}  # type: ignore[attr-defined]  # pickled as its state
+    shadowing = OrderedDict(a=1, b=2)
+    shadowing.items = functools.partial(iter, [("only", 0)])  # type: ignore[method-assign]  # pickle calls it
+    own_state = OrderedDict(a=1)
+    own_state.__getstate__ = functools.partial(dict, instead=True)  # type: ignore[method-assign]  # the state
+    shared = OrderedDict(x=torch.ones(2))
+    return {
+        "empty": OrderedDict(),
+        "items": OrderedDict([("b", 2), ("a", [1, OrderedDict()])]),
+        "state_dict": model.state_dict(),  # holds _metadata as an attribute
+        "with attributes": with_attributes,
+        "shadowing items": shadowing,
+        "own __getstate__": own_state,
+        "subclass": _OrderedSub(z=1),
+        "shared twice": [shared, shared],
+        "tensors": [torch.ones(3), torch.zeros(2, dtype=torch.int64)],  # an empty one each (hooks)
+    }
+
+
+def _saved_as_torch_saves_it(obj: object) -> bytes:
+    """``torch.save`` of ``obj`` through fast_pickle, asserted equal to a plain torch.save's bytes."""
+    from runtime import fast_pickle
+
+    plain, fast = io.BytesIO(), io.BytesIO()
+    torch.save(obj, plain)
+    torch.save(obj, fast, pickle_module=fast_pickle)
+    assert fast.getvalue() == plain.getvalue()
+    return fast.getvalue()
+
+
+def test_the_fast_pickler_reduces_ordered_dicts_as_pickle_does() -> None:
+    """fast_pickle reduces an OrderedDict itself (its own reduction asks copyreg._slotnames, in
+    Python, every time): the bytes are those of a plain torch.save for every kind, shared and
+    attributed ones included, and it loads to equal values."""
+    zoo = _ordered_dict_zoo()
+    loaded = torch.load(io.BytesIO(_saved_as_torch_saves_it(zoo)), weights_only=False)
+    assert loaded["with attributes"].note == {"kept": [1, 2]}
+    assert loaded["state_dict"]._metadata == zoo["state_dict"]._metadata
+    assert list(loaded["shadowing items"].items()) == [("only", 0)]
+    assert loaded["own __getstate__"].instead is True
+    assert loaded["shared twice"][0] is loaded["shared twice"][1]
+
+
+def test_the_fast_pickler_takes_its_ordered_dict_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OrderedDicts of a checkpoint never reach copyreg._slotnames (so the shortcut runs),
+    and a dispatch-table reducer registered for OrderedDict still decides, as in pickle."""
+    import copyreg
+
+    from runtime import fast_pickle
+
+    checkpoint = _full_checkpoint()
+    expected = io.BytesIO()
+    torch.save(checkpoint, expected)
+    slotnames = copyreg._slotnames  # type: ignore[attr-defined]
+
+    def refuse(cls: type) -> list[str]:
+        if cls is OrderedDict:
+            raise AssertionError("OrderedDict's own reduction ran")
+        return slotnames(cls)
+
+    monkeypatch.setattr(copyreg, "_slotnames", refuse)
+    fast = io.BytesIO()
+    torch.save(checkpoint, fast, pickle_module=fast_pickle)
+    assert fast.getvalue() == expected.getvalue()
+
+    monkeypatch.setattr(copyreg, "_slotnames", slotnames)
+    monkeypatch.setitem(copyreg.dispatch_table, OrderedDict, lambda od: (dict, (list(od.items()),)))
+    written = _saved_as_torch_saves_it(checkpoint)
+    assert type(torch.load(io.BytesIO(written), weights_only=False)["model"]) is dict  # the reducer ran
+
+
+@pytest.mark.parametrize("size", [8, 300_000], ids=["under the write buffer", "over it"])
+def test_a_saved_file_holds_exactly_the_bytes_of_torch_save(tmp_path: Path, size: int) -> None:
+    """save_checkpoint writes through its own (larger) buffer: the file's bytes are those a
+    plain torch.save of the same dict gives, for a checkpoint smaller than the buffer and for
+    one whose tensor is larger (written past the buffer)."""
+    from runtime.checkpoint import WRITE_BUFFER_BYTES
+
+    checkpoint = _full_checkpoint()
+    checkpoint["big"] = torch.arange(size, dtype=torch.float32)
+    assert (size * 4 > WRITE_BUFFER_BYTES) == (size > 8)
+    path = save_checkpoint(checkpoint, tmp_path / "x.ckpt")
+    expected = io.BytesIO()
+    torch.save(checkpoint, expected)
+    assert path.read_bytes() == expected.getvalue()
+    assert torch.equal(torch.load(path, weights_only=True)["big"], checkpoint["big"])
