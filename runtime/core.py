@@ -199,7 +199,13 @@ class RuntimeCore:
         return target
 
     def checkpoint_dict(self) -> dict[str, Any]:
-        """The checkpoint as a dict of weights_only-safe values (see DESIGN.md)."""
+        """The checkpoint as a dict of weights_only-safe values (see DESIGN.md).
+
+        Every checkpoint file the runtime writes is built from it (full or weights only), so
+        the tracker's pending rows are written here first: a checkpoint never exists
+        without the rows up to its step on disk (a resume keeps exactly those)."""
+        if self.tracker is not None:
+            self.tracker.flush()
         checkpoint = checkpoint_of(self, epoch_rng=self._epoch_rng, val_pending=self._val_pending)
         self.bus.event.save_checkpoint.emit(self, checkpoint=checkpoint)
         return checkpoint
@@ -267,6 +273,8 @@ class RuntimeCore:
         self.metrics.clear()
         try:
             yield
+            if outer is None and self.tracker is not None:
+                self.tracker.flush()  # the run's rows are on disk when it returns
         except BaseException as exc:
             self._report_exception(exc)
             raise
