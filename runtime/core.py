@@ -202,10 +202,11 @@ class RuntimeCore:
         """The checkpoint as a dict of weights_only-safe values (see DESIGN.md).
 
         Every checkpoint file the runtime writes is built from it (full or weights only), so
-        the tracker's pending rows are written here first: a checkpoint never exists
-        without the rows up to its step on disk (a resume keeps exactly those)."""
+        the tracker writes its pending rows here first, and those of this step logged after
+        it at once: a checkpoint never exists without the rows up to its step on disk, which
+        a resume from it keeps (see :meth:`runtime.tracking.Tracker.flush`)."""
         if self.tracker is not None:
-            self.tracker.flush()
+            self.tracker.flush(self.state.global_step)
         checkpoint = checkpoint_of(self, epoch_rng=self._epoch_rng, val_pending=self._val_pending)
         self.bus.event.save_checkpoint.emit(self, checkpoint=checkpoint)
         return checkpoint

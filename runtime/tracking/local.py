@@ -169,9 +169,11 @@ class LocalTracker(Tracker):
     the last write, by the one that makes ``max_pending`` rows, by :meth:`flush`, by
     :meth:`resume_at` (before it reads the file) and by :meth:`finalize`; a row logged
     after :meth:`finalize` is written at once. The runtime calls :meth:`flush` at the end
-    of each training epoch, before every checkpoint it writes (a resume drops the rows
-    after its checkpoint's step, so every row a resume keeps is on disk before a kill can
-    lose it) and at the end of each ``fit`` / ``validate`` / ``test`` / ``predict``. At
+    of each training epoch, before every checkpoint it writes, with the checkpoint's step
+    (a resume drops the rows after that step and keeps the others without logging them
+    again, so those are on disk before a kill can lose them: the pending ones are written
+    then, and a row logged later at that step or before it is written at once), and at
+    the end of each ``fit`` / ``validate`` / ``test`` / ``predict``. At
     interpreter exit, or when a tracker that was never finalised is garbage collected,
     the pending rows are written too. A process killed outright (SIGKILL, ``os._exit``)
     loses the rows logged since the last write. The file's bytes are those of one
@@ -212,6 +214,7 @@ class LocalTracker(Tracker):
         self._flush_interval = float(flush_interval)
         self._max_pending = max(1, int(max_pending))
         self._flush_due = time.monotonic() + self._flush_interval
+        self._checkpoint_step = -1  # rows at or before it are written when logged (flush)
         # the rows still pending at interpreter exit (or when this tracker is collected
         # unfinalised) are written; it holds the list, not the tracker
         self._rows_at_exit = weakref.finalize(self, _write_rows, self._rows, self.metrics_path, os.getpid())
@@ -248,8 +251,9 @@ class LocalTracker(Tracker):
         row is encoded and written later (see the class docstring), the check for that is
         one ``time.monotonic()`` per call.
         """
+        step = int(step)
         record: dict[str, Any] = {
-            "step": int(step),
+            "step": step,
             "epoch": None if epoch is None else int(epoch),
         }
         for name, value in metrics.items():
@@ -263,16 +267,20 @@ class LocalTracker(Tracker):
                 ) from None
         rows = self._rows
         rows.append(record)
-        if len(rows) >= self._max_pending or time.monotonic() >= self._flush_due:
+        if step <= self._checkpoint_step or len(rows) >= self._max_pending or time.monotonic() >= self._flush_due:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, checkpoint_step: int | None = None) -> None:
         """Write the pending metric rows to ``metrics.jsonl`` in one ``write`` and flush it.
 
+        ``checkpoint_step``: a checkpoint of that step is about to be written; from now on a
+        row at that step or before it is written when logged (see the class docstring).
         The rows leave memory before the write: when the write fails (disk full) its error
         is raised here and those rows are lost, as a row whose own write failed was before
         rows were kept.
         """
+        if checkpoint_step is not None:
+            self._checkpoint_step = max(self._checkpoint_step, int(checkpoint_step))
         rows = self._rows
         if not rows:
             return
