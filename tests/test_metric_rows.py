@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,7 @@ def test_rows_are_written_when_the_interval_has_passed(tmp_path: Path) -> None:
 
     tracker = LocalTracker(tmp_path, "short", flush_interval=0.05)
     tracker.log_metrics({"loss": 1.0}, step=1)
-    deadline = tracker._flush_due  # the interval is measured from the last write
-    while __import__("time").monotonic() < deadline:
-        pass
+    time.sleep(0.06)  # more than the interval since the tracker opened (or wrote row 1)
     tracker.log_metrics({"loss": 0.5}, step=2)  # the first call after the interval writes
     assert [json.loads(line)["step"] for line in _lines(tracker)] == [1, 2]
     tracker.finalize("success")
@@ -210,3 +209,116 @@ def test_a_killed_run_keeps_every_row_up_to_its_last_checkpoint_and_resumes_to_t
     resumed = _busloop(tmp_path / "killed", _cli_config(), "--resume", str(checkpoints[last]))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert (folder / "metrics.jsonl").read_text() == expected  # as if never killed
+
+
+# -- in a run ------------------------------------------------------------------------------
+
+
+class Counting(LocalTracker):
+    """A local tracker that counts its log_metrics calls (rows logged so far)."""
+
+    logged = 0
+
+    def log_metrics(self, metrics: Any, step: int, epoch: int | None = None) -> None:
+        super().log_metrics(metrics, step, epoch)
+        self.logged += 1
+
+
+class OnDisk(Callback):
+    """Checks, where the runtime flushes, that every row logged so far is in the file: each
+    training epoch start after the first (the previous epoch's end flushed), each written
+    checkpoint, the batch after a checkpoint of the step (its row came after it) and when a
+    graceful interrupt acts on its signal."""
+
+    def __init__(self) -> None:
+        self.checked: list[str] = []
+        self.checkpoint_step = -1
+
+    def _check(self, runtime: Runtime, where: str) -> None:
+        tracker = runtime.tracker
+        assert isinstance(tracker, Counting)
+        assert len(_lines(tracker)) == tracker.logged > 0, where
+        self.checked.append(where)
+
+    def on_train_epoch_start(self, runtime: Runtime) -> None:
+        if runtime.state.epoch > 0:
+            self._check(runtime, f"epoch {runtime.state.epoch} start")
+
+    def on_checkpoint_written(self, runtime: Runtime, path: Path, monitor: str | None, score: float | None) -> None:
+        self._check(runtime, f"checkpoint {path.name}")
+        self.checkpoint_step = runtime.state.global_step
+
+    def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+        if runtime.state.global_step == self.checkpoint_step:
+            self._check(runtime, f"after the checkpoint of step {self.checkpoint_step}")
+
+    def on_interrupt_received(self, runtime: Runtime, signal: int) -> None:
+        self._check(runtime, "interrupt noticed")  # before a second signal's os._exit
+
+
+class RaiseAt(Callback):
+    def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+        if (runtime.state.epoch, batch_idx) == (1, 3):
+            raise RuntimeError("boom")
+
+
+class InterruptAt(Callback):
+    """Sends this process SIGINT while training batch (1, 2) runs."""
+
+    def on_train_batch_start(self, runtime: Runtime, batch: Any, batch_idx: int) -> None:
+        if (runtime.state.epoch, batch_idx) == (1, 2):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _train(tracker: Counting, checkpoints: bool, *callbacks: Any) -> Runtime:
+    """Fit 3 epochs (6 steps each, a row per step, validation; with ``checkpoints`` one every
+    second step and one on val/loss, weights only), then test; the runtime is not closed."""
+    cfg = base_config(epochs=3, seed=4, log_every_n_steps=1)
+    if checkpoints:
+        callbacks = (
+            ModelCheckpoint(every_n_train_steps=2, save_top_k=-1, subdir="steps"),
+            ModelCheckpoint(monitor="val/loss", save_top_k=1, subdir="best", save_weights_only=True),
+            *callbacks,
+        )
+    rt = Runtime(make_model(seed=2, dropout=0.2), list(callbacks), cfg, loss=F.cross_entropy, tracker=tracker)
+    rt.fit(make_loader(shuffle=True), make_loader(32))
+    if not rt.state.interrupted:
+        rt.test(make_loader(32))
+    return rt
+
+
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["no-checkpoints", "checkpoints"])
+def test_a_run_writes_the_rows_of_writing_each_at_once(tmp_path: Path, checkpoints: bool) -> None:
+    """flush_interval=0 writes every row at its own call, as the tracker did before it held
+    rows; held rows give the same file, byte for byte, on disk when fit and test return."""
+    at_once = Counting(tmp_path, "at_once", flush_interval=0.0)
+    _train(at_once, checkpoints)
+    probe = OnDisk()
+    held = Counting(tmp_path, "held", flush_interval=HOLD)
+    _train(held, checkpoints, probe)
+    assert held.metrics_path.read_bytes() == at_once.metrics_path.read_bytes()
+    assert len(_lines(held)) == held.logged == at_once.logged == 18 + 3 + 3 + 1  # steps, train and val epochs, test
+    assert "test/loss" in _lines(held)[-1]  # the test row, at the end
+    assert "epoch 1 start" in probe.checked and "epoch 2 start" in probe.checked
+    if checkpoints:
+        assert "after the checkpoint of step 4" in probe.checked
+        assert any(c.startswith("checkpoint epoch=") and "step=6" in c for c in probe.checked)  # val/loss, weights only
+
+
+@pytest.mark.parametrize("ending", ["exception", "interrupt"])
+def test_an_exception_or_a_graceful_interrupt_leaves_every_row(tmp_path: Path, ending: str) -> None:
+    at_once = Counting(tmp_path, "at_once", flush_interval=0.0)
+    held = Counting(tmp_path, "held", flush_interval=HOLD)
+    probe = OnDisk()
+    for tracker in (at_once, held):
+        if ending == "exception":
+            with pytest.raises(RuntimeError, match="boom"):
+                _train(tracker, False, RaiseAt())
+        else:
+            probe = OnDisk()
+            assert _train(tracker, False, GracefulInterruptCallback(), InterruptAt(), probe).state.interrupted
+    if ending == "interrupt":  # the held run's rows were on disk when the interrupt was acted on
+        assert probe.checked == ["epoch 1 start", "interrupt noticed", "checkpoint resume.ckpt"]
+    assert held.status == at_once.status == ("failed" if ending == "exception" else "interrupted")
+    assert held.metrics_path.read_bytes() == at_once.metrics_path.read_bytes()
+    assert len(_lines(held)) == held.logged > 6
