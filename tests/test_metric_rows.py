@@ -107,6 +107,17 @@ def test_rows_at_or_before_a_checkpoint_step_are_written_when_logged(tmp_path: P
     assert [json.loads(line)["step"] for line in _lines(tracker)] == [4, 5, 6]
 
 
+def test_rows_that_cannot_be_written_at_the_end_are_a_recorded_problem(tmp_path: Path) -> None:
+    """finalize still writes the final status (and closes the log) when the rows cannot be
+    written; status.txt says what was lost."""
+    tracker = LocalTracker(tmp_path, "blocked", flush_interval=HOLD)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    tracker.metrics_path.mkdir()  # a folder where the file should be: the write fails
+    tracker.finalize("success")
+    status = (tracker.run_dir / "status.txt").read_text().splitlines()
+    assert status[0] == "success" and status[1].startswith("metrics.jsonl: metric rows could not be written")
+
+
 def test_resume_at_sees_the_pending_rows(tmp_path: Path) -> None:
     tracker = LocalTracker(tmp_path, "resume", flush_interval=HOLD)
     for step in range(1, 6):
@@ -322,3 +333,17 @@ def test_an_exception_or_a_graceful_interrupt_leaves_every_row(tmp_path: Path, e
     assert held.status == at_once.status == ("failed" if ending == "exception" else "interrupted")
     assert held.metrics_path.read_bytes() == at_once.metrics_path.read_bytes()
     assert len(_lines(held)) == held.logged > 6
+
+
+def test_a_lightning_logger_save_writes_the_rows(tmp_path: Path) -> None:
+    """``trainer.logger.save()`` (Lightning's "write what is logged") flushes the tracker."""
+    from compat.trainer_parts import TrackerLogger
+
+    tracker = LocalTracker(tmp_path, "logger", flush_interval=HOLD)
+    rt = Runtime(make_model(), [], base_config(epochs=1), loss=F.cross_entropy, tracker=tracker)
+    logger = TrackerLogger(rt)
+    logger.log_metrics({"loss": 0.25}, step=3)
+    assert _lines(tracker) == []
+    logger.save()
+    assert [json.loads(line)["loss"] for line in _lines(tracker)] == [0.25]
+    tracker.finalize("success")
