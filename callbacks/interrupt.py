@@ -337,7 +337,9 @@ class GracefulInterruptCallback(Callback):
         return signum if signum is not None else self._read_vote(self._start_vote())
 
     def _notice(self, runtime: Runtime, signum: int, when: str) -> None:
-        """Log the warning and emit ``interrupt_received`` once per fit."""
+        """Log the warning and emit ``interrupt_received`` once per fit. The run's tracker
+        writes the records it holds back (the local tracker's metric rows): a second signal
+        ends the process with ``os._exit``, which would lose them."""
         if self._noticed:
             return
         self._noticed = True
@@ -347,6 +349,11 @@ class GracefulInterruptCallback(Callback):
                 "Received %s: stopping %s. Saving interrupt checkpoint to %s (send %s again "
                 "to exit immediately)", name, when, self.path, name,
             )
+            try:
+                if runtime.tracker is not None:
+                    runtime.tracker.flush()
+            except Exception as exc:  # never turn a clean stop into a crash
+                log.error("Could not write the tracker's pending records: %s", exc)
         runtime.bus.event.interrupt_received.emit(runtime, signal=signum)
 
     def _stop(self, runtime: Runtime, signum: int) -> None:

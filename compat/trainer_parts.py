@@ -91,7 +91,9 @@ class TrackerLogger:
         return None
 
     def save(self) -> None:
-        return None
+        """Lightning's "write what is logged": the tracker's :meth:`~runtime.tracking.Tracker.flush`."""
+        if self._rt.tracker is not None:
+            self._rt.tracker.flush()
 
     def finalize(self, status: str) -> None:
         return None  # the Runtime finalises its tracker itself

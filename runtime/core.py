@@ -198,15 +198,15 @@ class RuntimeCore:
         return target
 
     def checkpoint_dict(self) -> dict[str, Any]:
-        """The checkpoint as a dict of weights_only-safe values (see DESIGN.md)."""
+        """The checkpoint as a dict of weights_only-safe values (see DESIGN.md); the rows up to its step go to disk first."""
+        if self.tracker is not None: self.tracker.flush(self.state.global_step)  # noqa: E701  # every file is built here
         checkpoint = checkpoint_of(self, epoch_rng=self._epoch_rng, val_pending=self._val_pending)
         self.bus.event.save_checkpoint.emit(self, checkpoint=checkpoint)
         return checkpoint
 
     def close(self, status: str = "success") -> None:
         """Finalise the tracker (idempotent); the CLI and ``with Runtime(...)`` call it."""
-        if self.tracker is not None:
-            self.tracker.finalize(status)
+        if self.tracker is not None: self.tracker.finalize(status)  # noqa: E701
 
     def __enter__(self) -> Self:
         return self
@@ -266,6 +266,7 @@ class RuntimeCore:
         self.metrics.clear()
         try:
             yield
+            if outer is None and self.tracker is not None: self.tracker.flush()  # noqa: E701  # rows on disk at the end
         except BaseException as exc:
             self._report_exception(exc)
             raise

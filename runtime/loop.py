@@ -244,6 +244,8 @@ class Runtime(RuntimeCore):
             self.metrics.reduce("train")
             ev.train_epoch_end.emit(self)
             self._publish_epoch_metrics("train", self.metrics.reduce("train"))
+            if self.tracker is not None:  # the epoch's rows on disk (the local tracker holds rows)
+                self.tracker.flush()
             self.metrics.end_epoch("train")
             if log.isEnabledFor(logging.DEBUG):  # the summary line is formatted only for DEBUG
                 self._log_epoch_summary()

@@ -86,6 +86,7 @@ def test_run_dir_reopens_an_existing_run(tmp_path: Path, trackers: list[Tracker]
     assert again.run_dir == first.run_dir
     assert (again.run_dir / "status.txt").read_text() == "running\n"
     again.log_metrics({"loss": 0.5}, step=2)
+    again.flush()
     lines = (again.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0-resumable"]
@@ -97,10 +98,11 @@ def test_run_dir_reopens_an_existing_run(tmp_path: Path, trackers: list[Tracker]
 def test_metrics_jsonl(tmp_path: Path, trackers: list[Tracker]) -> None:
     tracker = _local(trackers, tmp_path, "m")
     tracker.log_metrics({"train/loss": torch.tensor(0.5), "lr": np.float32(0.25)}, step=10, epoch=0)
-    # each line is on disk as soon as it is logged
+    tracker.flush()  # rows are held back until a flush (see test_metric_rows_are_written_*)
     first = (tracker.run_dir / "metrics.jsonl").read_text().splitlines()
     assert json.loads(first[0]) == {"step": 10, "epoch": 0, "train/loss": 0.5, "lr": 0.25}
     tracker.log_metrics({"val/accuracy": 1}, step=12)
+    tracker.flush()
     lines = (tracker.run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
     second = json.loads(lines[1])

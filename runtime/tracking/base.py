@@ -85,6 +85,19 @@ class Tracker(abc.ABC):
         """The run continues from a checkpoint taken at ``step``: records after it (written
         by the continuation that is being replaced) are dropped where the tracker can."""
 
+    def flush(self, checkpoint_step: int | None = None) -> None:  # noqa: B027
+        """Put the records logged so far where they are read (a file, a server) now.
+
+        A tracker may hold records back to write them together (the local tracker keeps
+        metric rows in memory for a few seconds); the runtime calls this where what is on
+        disk must be current: at each training epoch's end, before every checkpoint write
+        and at the end of each run. ``checkpoint_step``: a checkpoint of that global step
+        is about to be written; records logged later at that step or before it (the step's
+        own row is logged after a checkpoint written at its batch end) are written at once
+        too: a resume from the checkpoint keeps them and does not log them again. Trackers
+        whose library buffers on its own schedule (TensorBoard, MLflow) ignore it.
+        """
+
     def finalize(self, status: str) -> None:
         """Close the run as ``status`` ("success", "failed" or "interrupted").
 
@@ -202,6 +215,9 @@ class MultiTracker(Tracker):
 
     def resume_at(self, step: int) -> None:
         self._each("resume_at", step)
+
+    def flush(self, checkpoint_step: int | None = None) -> None:
+        self._each("flush", checkpoint_step)
 
     def _finalize(self, status: str) -> None:
         """Finalise the others first, then the one holding the status file, which records

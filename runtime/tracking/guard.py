@@ -126,6 +126,16 @@ class GuardedTracker(Tracker):
     def resume_at(self, step: int) -> None:
         self._call("resume_at", step)
 
+    def flush(self, checkpoint_step: int | None = None) -> None:
+        """Forwarded while nothing is buffered; a failure counts as any failed call, but no
+        flush is queued: the buffered records go out with their own retry."""
+        if self._pending:
+            return
+        try:
+            self.backend.flush(checkpoint_step)
+        except Exception as exc:
+            self._failed("flush", exc)
+
     def _finalize(self, status: str) -> None:
         self._flush()
         try:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -27,13 +29,19 @@ import yaml
 
 from .base import Tracker, to_hwc_uint8
 
-__all__ = ["LocalTracker", "new_run_dir", "next_run_number", "run_dir_of"]
+__all__ = ["FLUSH_INTERVAL", "MAX_PENDING_ROWS", "LocalTracker", "new_run_dir", "next_run_number", "run_dir_of"]
 
 log = logging.getLogger("busloop.tracking")
 
 _LIBRARY_LOGGER = "busloop"
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _RUN_PREFIX = re.compile(r"^(\d+)-")
+
+FLUSH_INTERVAL = 5.0
+"""Seconds after which a logged metric row is written with the next :meth:`LocalTracker.log_metrics`
+call: ``tail -f metrics.jsonl`` follows training a few seconds behind at most while it logs."""
+MAX_PENDING_ROWS = 1000
+"""Metric rows kept in memory at most: the row that reaches it writes them all."""
 
 
 def next_run_number(save_directory: str | os.PathLike[str]) -> int:
@@ -153,6 +161,23 @@ class LocalTracker(Tracker):
     logged to the ``busloop`` logger at INFO and above), ``status.txt`` ("running" until
     :meth:`finalize` writes the final status), ``images/<tag>/<step>.png`` and
     ``artifacts/``. ``checkpoints/`` is created for the runtime's checkpoints.
+
+    When metric rows reach ``metrics.jsonl``. Encoding, writing and flushing one row cost
+    about 100 µs of a training step right after the step's work (cold caches), so rows
+    are kept in memory, in the order logged, and written together (one ``write`` and one
+    ``flush``): by the first :meth:`log_metrics` at least ``flush_interval`` seconds after
+    the last write, by the one that makes ``max_pending`` rows, by :meth:`flush`, by
+    :meth:`resume_at` (before it reads the file) and by :meth:`finalize`; a row logged
+    after :meth:`finalize` is written at once. The runtime calls :meth:`flush` at the end
+    of each training epoch, before every checkpoint it writes, with the checkpoint's step
+    (a resume drops the rows after that step and keeps the others without logging them
+    again, so those are on disk before a kill can lose them: the pending ones are written
+    then, and a row logged later at that step or before it is written at once), and at
+    the end of each ``fit`` / ``validate`` / ``test`` / ``predict``. At
+    interpreter exit, or when a tracker that was never finalised is garbage collected,
+    the pending rows are written too. A process killed outright (SIGKILL, ``os._exit``)
+    loses the rows logged since the last write. The file's bytes are those of one
+    ``json.dumps(row) + "\\n"`` per call, as when every row was written at once.
     """
 
     run_dir: Path
@@ -165,6 +190,8 @@ class LocalTracker(Tracker):
         run_name: str | None = None,
         *,
         run_dir: str | os.PathLike[str] | None = None,
+        flush_interval: float = FLUSH_INTERVAL,
+        max_pending: int = MAX_PENDING_ROWS,
     ) -> None:
         self.status = None
         if run_dir is not None:
@@ -183,6 +210,14 @@ class LocalTracker(Tracker):
         self.image_dir.mkdir(exist_ok=True)
         self._hparams: dict[str, Any] = {}
         self._metrics_file: IO[str] | None = None
+        self._rows: list[dict[str, Any]] = []  # logged, not yet written; in order
+        self._flush_interval = float(flush_interval)
+        self._max_pending = max(1, int(max_pending))
+        self._flush_due = time.monotonic() + self._flush_interval
+        self._checkpoint_step = -1  # rows at or before it are written when logged (flush)
+        # the rows still pending at interpreter exit (or when this tracker is collected
+        # unfinalised) are written; it holds the list, not the tracker
+        self._rows_at_exit = weakref.finalize(self, _write_rows, self._rows, self.metrics_path, os.getpid())
         self.status_path = self.run_dir / "status.txt"
         self.status_path.write_text("running\n", encoding="utf-8")
 
@@ -209,9 +244,16 @@ class LocalTracker(Tracker):
     def log_metrics(
         self, metrics: Mapping[str, float], step: int, epoch: int | None = None
     ) -> None:
-        """Append ``{"step", "epoch", **metrics}`` as one line to ``metrics.jsonl``."""
+        """Append ``{"step", "epoch", **metrics}`` as one line to ``metrics.jsonl``.
+
+        The values are converted with ``float()`` here, so a tensor changed in place later
+        cannot change the row and a value that is not a number raises at this call; the
+        row is encoded and written later (see the class docstring), the check for that is
+        one ``time.monotonic()`` per call.
+        """
+        step = int(step)
         record: dict[str, Any] = {
-            "step": int(step),
+            "step": step,
             "epoch": None if epoch is None else int(epoch),
         }
         for name, value in metrics.items():
@@ -223,14 +265,39 @@ class LocalTracker(Tracker):
                 raise TypeError(
                     f"metric {name!r} must be a number, got {type(value).__name__}: {err}"
                 ) from None
-        if self._metrics_file is None or self._metrics_file.closed:
-            self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
-        self._metrics_file.write(json.dumps(record) + "\n")
-        self._metrics_file.flush()
+        rows = self._rows
+        rows.append(record)
+        if step <= self._checkpoint_step or len(rows) >= self._max_pending or time.monotonic() >= self._flush_due:
+            self.flush()
+
+    def flush(self, checkpoint_step: int | None = None) -> None:
+        """Write the pending metric rows to ``metrics.jsonl`` in one ``write`` and flush it.
+
+        ``checkpoint_step``: a checkpoint of that step is about to be written; from now on a
+        row at that step or before it is written when logged (see the class docstring).
+        The rows leave memory before the write: when the write fails (disk full) its error
+        is raised here and those rows are lost, as a row whose own write failed was before
+        rows were kept.
+        """
+        if checkpoint_step is not None:
+            self._checkpoint_step = max(self._checkpoint_step, int(checkpoint_step))
+        rows = self._rows
+        if not rows:
+            return
+        text = _encode(rows)
+        rows.clear()
+        self._flush_due = time.monotonic() + self._flush_interval
+        file = self._metrics_file
+        if file is None or file.closed:
+            file = self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
+        file.write(text)
+        file.flush()
 
     def resume_at(self, step: int) -> None:
         """Drop the ``metrics.jsonl`` rows after ``step``: the resumed run writes its own from
-        there, so each step is recorded once (rows that are not JSON are kept)."""
+        there, so each step is recorded once (rows that are not JSON are kept). Pending
+        rows are written first, so they are judged like the others."""
+        self.flush()
         if not self.metrics_path.exists():
             return
         if self._metrics_file is not None:
@@ -289,6 +356,16 @@ class LocalTracker(Tracker):
     # -- end -----------------------------------------------------------------------------
 
     def _finalize(self, status: str) -> None:
+        """Write the pending rows, then the final status (a failed write is recorded under
+        it rather than raised: the status and the log must still be closed)."""
+        try:
+            self.flush()
+        except OSError as exc:
+            problem = f"metrics.jsonl: metric rows could not be written: {exc}"
+            log.error("%s", problem)
+            self.problems = (*self.problems, problem)
+        self._rows_at_exit.detach()
+        self._flush_due = -math.inf  # a row logged after the end is written at once
         lines = [status, *self.problems]  # the final status first, then the tracking problems
         self.status_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         log.info("Run finished: %s%s", status, " (with tracker problems, see status.txt)" if self.problems else "")
@@ -311,3 +388,18 @@ def _after(line: str, step: int) -> bool:
         return int(json.loads(line)["step"]) > step
     except (ValueError, KeyError, TypeError):
         return False
+
+
+def _encode(rows: list[dict[str, Any]]) -> str:
+    """The ``metrics.jsonl`` lines of ``rows``: ``json.dumps(row) + "\\n"`` each."""
+    return "".join([json.dumps(row) + "\n" for row in rows])
+
+
+def _write_rows(rows: list[dict[str, Any]], path: Path, pid: int) -> None:
+    """Append the rows a tracker still holds at interpreter exit (or when it is collected
+    unfinalised). Only in the process that logged them: a forked child that exits normally
+    holds a copy of the parent's rows, which the parent writes itself."""
+    if rows and os.getpid() == pid:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(_encode(rows))
+        rows.clear()
