@@ -80,12 +80,14 @@ def lean_applies(rt: Runtime) -> bool:
 
 def _settings(rt: Runtime, lean_epoch: bool) -> tuple[Any, ...]:
     """What the inline form reads from the runtime, read now (see the module docstring):
-    ``(lean, model, loss_fn, optimizer, params, schedules, log, step_metrics)``.
+    ``(lean, model, loss_fn, optimizer, params, schedules, append_value, append_size,
+    step_metrics)``.
 
     ``lean`` is False when a setting needs the general path; ``params`` is the optimizer's
     parameters when its ``zero_grad`` is the base one (grads set to None here), else None
-    (its own ``zero_grad`` is called); ``log`` is the ``train/loss`` entry or None (made by
-    the first record, so the log's order stays the order of first records)."""
+    (its own ``zero_grad`` is called); ``append_value`` / ``append_size`` the ``train/loss``
+    log's two ``append`` methods, or None (the first record makes the log, so the logs'
+    order stays the order of first records)."""
     optimizer, loss_fn = rt.optimizer, rt.loss_fn
     lean = (
         lean_epoch
@@ -96,11 +98,12 @@ def _settings(rt: Runtime, lean_epoch: bool) -> tuple[Any, ...]:
     )
     step_metrics = rt.state.step_metrics
     if not lean or optimizer is None:
-        return False, None, None, None, None, False, None, step_metrics
+        return False, None, None, None, None, False, None, None, step_metrics
     base_zero_grad = type(optimizer).zero_grad is _BASE_ZERO_GRAD and "zero_grad" not in optimizer.__dict__
     params = [p for group in optimizer.param_groups for p in group["params"]] if base_zero_grad else None
-    schedules, loss_log = bool(rt.lr_scheduler_configs), rt.metrics.active.get(_LOSS)
-    return True, rt._train_model, loss_fn, optimizer, params, schedules, loss_log, step_metrics
+    loss_log = rt.metrics.active.get(_LOSS)
+    appends = (None, None) if loss_log is None else (loss_log[0].append, loss_log[1].append)
+    return True, rt._train_model, loss_fn, optimizer, params, bool(rt.lr_scheduler_configs), *appends, step_metrics
 
 
 def train_batches(
@@ -125,7 +128,9 @@ def train_batches(
     validates = val_loader is not None
     transfer, log_every, last_logged = rt._transfer, cfg.log_every_n_steps, rt._logged_step
     lean_epoch = lean_applies(rt)
-    lean, model, loss_fn, optimizer, params, schedules, loss_log, step_metrics = _settings(rt, lean_epoch)
+    lean, model, loss_fn, optimizer, params, schedules, append_value, append_size, step_metrics = (
+        _settings(rt, lean_epoch)
+    )
     profiler, stale = _AUTOGRAD_PROFILER, False
     previous_loss = None  # keeps the last step's graph until the next forward (see below)
     rt._val_pending = False
@@ -137,7 +142,9 @@ def train_batches(
             batch_start.emit(rt, batch=batch, batch_idx=batch_idx)
             stale = True
         if stale:  # a callback ran since the settings were read: read them again
-            lean, model, loss_fn, optimizer, params, schedules, loss_log, step_metrics = _settings(rt, lean_epoch)
+            lean, model, loss_fn, optimizer, params, schedules, append_value, append_size, step_metrics = (
+                _settings(rt, lean_epoch)
+            )
             stale = False
         if not lean or (type(batch) is not tuple and type(batch) is not list) or len(batch) < 2:
             outputs = training_batch(batch, batch_idx, batch_idx + 1 == n)
@@ -157,10 +164,11 @@ def train_batches(
                 first = batch[0]
                 shape = first.shape if type(first) is Tensor else None
                 metrics.batch_size = size = (shape[0] if shape else 0) or batch_size_of(batch)
-            if loss_log is None:  # the epoch's first record makes the log
-                loss_log = metrics.active.setdefault(_LOSS, ([], []))
-            loss_log[0].append(value)
-            loss_log[1].append(size)
+            if append_value is None:  # the epoch's first record makes the log
+                values, sizes = metrics.active.setdefault(_LOSS, ([], []))
+                append_value, append_size = values.append, sizes.append
+            append_value(value)
+            append_size(size)
             step_metrics[_LOSS] = value
 
             if before_zero_grad.dispatch:
