@@ -8,7 +8,11 @@ are the figure to cut, and they can be compared before / after a change.
 How: one Python process runs under ``valgrind --tool=callgrind --instr-atstart=no`` (torch's
 import runs uninstrumented, fast). It warms every contender up with one run of N1 steps (lazy
 imports and first-call caches stay out of the counts), freezes the heap (``gc.freeze()``: a
-full collection's walk over torch's objects cannot land in one run and not another), turns
+full collection's walk over torch's objects cannot land in one run and not another) and runs
+each measured run with the cyclic collector off, after a collection (a young-generation
+collection landing in the N2 run and not the N1 one moved a contender's per-step slope by up to
+~17k; the counts leave the collector out, which the overhead section's timings include: a few
+young collections per thousand steps in its window), turns
 instrumentation on through a callgrind client request (a tiny C helper compiled with ``gcc``
 against ``valgrind/callgrind.h`` into a temporary folder), then trains each contender (from
 :mod:`benchmarks.contenders`, on :class:`benchmarks.workload.Workload`, no companion step) for
@@ -117,8 +121,13 @@ def _worker(helper: str, contenders: Sequence[str], steps: Sequence[int]) -> Non
         cg.busloop_cg_start()
         for name in contenders:
             for count in steps:
+                gc.collect()  # each run starts from the same collector state and runs none:
+                gc.disable()  # see the module docstring
                 cg.busloop_cg_zero()
-                run(name, count, f"{name}@{count}")
+                try:
+                    run(name, count, f"{name}@{count}")
+                finally:
+                    gc.enable()
                 cg.busloop_cg_dump(f"{name}@{count}:edge".encode())  # the last epoch's end
 
 
