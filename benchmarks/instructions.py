@@ -29,8 +29,8 @@ batch is handed over and when its last is, so each run's counts split into the e
   amortises it over an epoch's batches: per step + edge / batches per epoch.
 
 ``PYTHONHASHSEED`` is fixed. Repeated runs of the same contender list agree to within about
-1.5 thousand instructions a step (the heap's state, which the contenders run before shapes,
-moves malloc's costs), so differences under ~3 thousand are noise; compare like with like.
+3 thousand instructions a step (the heap's state, which the contenders run before shapes,
+moves malloc's costs), so smaller differences are noise; compare like with like.
 
 Needs ``valgrind`` (with its headers) and ``gcc``; about 5 minutes on an idle 2-core machine
 (most of it valgrind starting torch).
