@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from runtime.data import batch_size_of
-from runtime.optim import _AUTOGRAD_PROFILER, _BASE_ZERO_GRAD, clip_gradients, zero_grad
+from runtime.optim import _AUTOGRAD_PROFILER, clearable_params, clip_gradients, zero_grad
 
 if TYPE_CHECKING:
     from runtime.loop import Runtime
@@ -99,8 +99,7 @@ def _settings(rt: Runtime, lean_epoch: bool) -> tuple[Any, ...]:
     step_metrics = rt.state.step_metrics
     if not lean or optimizer is None:
         return False, None, None, None, None, False, None, None, step_metrics
-    base_zero_grad = type(optimizer).zero_grad is _BASE_ZERO_GRAD and "zero_grad" not in optimizer.__dict__
-    params = [p for group in optimizer.param_groups for p in group["params"]] if base_zero_grad else None
+    params = clearable_params(optimizer)
     loss_log = rt.metrics.active.get(_LOSS)
     appends = (None, None) if loss_log is None else (loss_log[0].append, loss_log[1].append)
     return True, rt._train_model, loss_fn, optimizer, params, bool(rt.lr_scheduler_configs), *appends, step_metrics
@@ -226,5 +225,5 @@ def train_batches(
                 stale = True
             if st.should_stop or st.global_step >= max_steps:
                 break
-    del previous_loss
+    del previous_loss  # held only to keep the last graph alive (see above)
     return False

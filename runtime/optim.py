@@ -23,6 +23,7 @@ __all__ = [
     "build_optimizer",
     "build_schedulers",
     "check_specs",
+    "clearable_params",
     "clip_gradients",
     "configure_optimization",
     "parse_configure_optimizers",
@@ -280,6 +281,16 @@ def zero_grad(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         for param in group["params"]:
             param.grad = None  # a no-op where it is None already: no need to read it first
+
+
+def clearable_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor] | None:
+    """The parameters whose grads :func:`zero_grad` sets to None itself, as one flat list, when
+    its shortcut applies to ``optimizer`` (the base ``zero_grad``, not patched on the
+    instance); None when its own ``zero_grad`` must be called. Read once for a stretch of
+    batches (:mod:`runtime.batch`): the profiler check stays per batch."""
+    if type(optimizer).zero_grad is not _BASE_ZERO_GRAD or "zero_grad" in optimizer.__dict__:
+        return None
+    return [param for group in optimizer.param_groups for param in group["params"]]
 
 
 def plateau_value(metrics: Mapping[str, float], config: SchedulerConfig) -> float | None:
