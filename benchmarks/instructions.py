@@ -28,9 +28,11 @@ batch is handed over and when its last is, so each run's counts split into the e
   checkpoints, progress lines), the mean over the N2 run's inner edges. The overhead section
   amortises it over an epoch's batches: per step + edge / batches per epoch.
 
-``PYTHONHASHSEED`` is fixed. Repeated runs of the same contender list agree to within about
-3 thousand instructions a step (the heap's state, which the contenders run before shapes,
-moves malloc's costs), so smaller differences are noise; compare like with like.
+``PYTHONHASHSEED`` is fixed. Repeated runs of the same contender list give per-step slopes
+up to about ±8 thousand instructions apart (the heap's state, which the contenders run before
+shapes, moves malloc's costs), and a rare run is off by far more, so read differences under
+about 10k a step as noise and repeat a surprising one; the per-edge figures agree to within
+about 1 %. Compare like with like (benchmarks/README.md has the measurements).
 
 Needs ``valgrind`` (with its headers) and ``gcc``; about 5 minutes on an idle 2-core machine
 (most of it valgrind starting torch).

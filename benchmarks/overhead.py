@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.contenders import BASELINE, CONTENDERS, STOCK, fit_busloop
+from benchmarks.contenders import BASELINE, CONTENDERS, SAME_WORK, STOCK, fit_busloop
 from benchmarks.stats import summarize
 from benchmarks.workload import CLOCKS, Contender, RunContext, TimedBatches, Workload, plain_step
 
@@ -52,6 +52,7 @@ __all__ = [
     "BASELINE",
     "CLOCKS",
     "CONTENDERS",
+    "SAME_WORK",
     "STOCK",
     "Contender",
     "RoundsResult",
@@ -233,12 +234,16 @@ def run_overhead(
                             "overhead_us": {...}, "ratio_vs_baseline",
                             "overhead_pct_of_baseline", "overhead_vs_lightning_defaults",
                             "<other clock>": {...}}},
-         "skipped": {name: note}}
+         "skipped": {name: note},
+         "defaults_over_same_work": {"median", "min", "max", "n", "pct_of_same_work"} | None}
 
     ``overhead_us`` is over the baseline contender; ``plain_step_us`` is the median
     companion (stock plain loop) step, ``baseline_step_us`` the baseline's median step;
     ratios are medians of per-round ratios (``overhead_vs_lightning_defaults`` is None
     without Lightning). ``figure`` names the statistic the targets read.
+    ``defaults_over_same_work`` is the default set's overhead over :data:`SAME_WORK` (the
+    baseline doing the default set's work by hand) when both ran: the runtime's own cost
+    with the work it does taken out (reported; no target reads it).
     """
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
@@ -268,6 +273,7 @@ def run_overhead(
         "baseline_step_us": None,
         "results": {},
         "skipped": dict(result.notes),
+        "defaults_over_same_work": None,
     }
     if BASELINE not in result.ran:
         return out
@@ -278,6 +284,16 @@ def run_overhead(
         out["results"][name] = {"label": result.labels[name], **entry}
     out["plain_step_us"] = plain_step_us(result, clock)
     out["baseline_step_us"] = statistics.median(result.step_us[clock][BASELINE])
+    if {SAME_WORK, "busloop-defaults"} <= set(result.ran):
+        extra = result.paired_overhead("busloop-defaults", clock, baseline=SAME_WORK)
+        same_steps = result.step_us[clock][SAME_WORK]
+        out["defaults_over_same_work"] = {
+            **summarize(extra),
+            "pct_of_same_work": 100.0
+            * statistics.median(
+                value / step for value, step in zip(extra, same_steps, strict=True)
+            ),
+        }
     return out
 
 

@@ -9,7 +9,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["TARGETS", "adapter_line", "check_targets", "markdown_report", "print_report", "zero_grad_line"]
+__all__ = [
+    "TARGETS",
+    "adapter_line",
+    "check_targets",
+    "markdown_report",
+    "print_report",
+    "same_work_line",
+    "zero_grad_line",
+]
 
 #: The targets: key -> (description, limit, unit). Overheads are over the fastest
 #: hand-written loop (grads set to None) and read the median over rounds (see
@@ -232,6 +240,21 @@ def zero_grad_line(section: Mapping[str, Any]) -> str | None:
     )
 
 
+def same_work_line(section: Mapping[str, Any]) -> str | None:
+    """The default set's overhead over the baseline doing the default set's work by hand
+    (``plain-lean-work``): what busloop itself costs once the work is taken out. Reported
+    beside the targets, which read the overhead over the fastest plain loop."""
+    extra = section.get("defaults_over_same_work")
+    if not extra:
+        return None
+    return (
+        "busloop default callbacks over the hand-written loop doing the same work "
+        f"(plain-lean-work): {extra['median']:+.1f} µs/step median, {extra['min']:+.1f} min, "
+        f"{extra['pct_of_same_work']:.2f} % of its step (reported; the targets read the "
+        "overhead over the fastest plain loop)"
+    )
+
+
 def adapter_line(section: Mapping[str, Any]) -> str:
     """One line per event: a native busloop callback's cost per hook call and what the
     adapter adds for the same logic as a stock-style Lightning callback."""
@@ -270,6 +293,9 @@ def markdown_report(results: Mapping[str, Any]) -> str:
             "steps; overhead over the baseline (the fastest plain loop), median and min over "
             "rounds; targets read the median.",
         ]
+        same_work = same_work_line(section)
+        if same_work:
+            lines += ["", same_work + "."]
         for name, note in section["skipped"].items():
             lines.append(f"- {name}: {note}")
     dispatch = results.get("dispatch")
@@ -325,9 +351,9 @@ def print_report(results: Mapping[str, Any], console: Console) -> None:
             console.print(overhead_table(section))
         for name, note in section["skipped"].items():
             console.print(f"note: {name}: {note}")
-        saving = zero_grad_line(section)
-        if saving:
-            console.print(saving, markup=False, highlight=False)
+        for line in (zero_grad_line(section), same_work_line(section)):
+            if line:
+                console.print(line, markup=False, highlight=False)
     if "scaling" in results:
         section = results["scaling"]
         if section["results"]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 from benchmarks.__main__ import main
 from benchmarks.dispatch import DISPATCH_CONTENDERS, run_dispatch
 from benchmarks.overhead import Contender, RunContext, TimedBatches, run_overhead
-from benchmarks.report import check_targets, zero_grad_line
+from benchmarks.report import check_targets, markdown_report, same_work_line, zero_grad_line
 from benchmarks.scaling import run_scaling
 from runtime.bus import Bus, CallbackError, OrderedSignal, StopEvent
 
@@ -67,18 +68,48 @@ def test_the_stock_plain_loop_is_a_row_scored_against_the_lean_baseline() -> Non
     assert targets["defaults_us"]["limit"] == 10.0
 
 
+def test_the_default_set_is_also_read_against_the_loop_doing_its_work_by_hand() -> None:
+    section = run_overhead(contenders=["plain-lean-work", "busloop-defaults"], **TINY)
+    extra = section["defaults_over_same_work"]
+    results = section["results"]
+    # Per round, (defaults - baseline) - (same-work - baseline): the two rows' difference.
+    assert extra["n"] == TINY["rounds"] == 1
+    expected = (
+        results["busloop-defaults"]["overhead_us"]["median"]
+        - results["plain-lean-work"]["overhead_us"]["median"]
+    )
+    assert extra["median"] == pytest.approx(expected)
+    line = same_work_line(section)
+    assert line is not None and f"{extra['median']:+.1f} µs/step" in line
+    assert "plain-lean-work" in markdown_report({"overhead": section})
+    assert run_overhead(contenders=["busloop-defaults"], **TINY)["defaults_over_same_work"] is None
+    json.dumps(section)
+
+
 def test_every_contender_runs_several_epochs_with_validation(tmp_path: Any) -> None:
     from benchmarks.contenders import CONTENDERS
     from benchmarks.workload import Workload
 
     workload = Workload(epochs=3, val_batches=2)
     ctx = RunContext(workload, tmp_path, workload.val_batches_list())
-    for name in ("plain", "plain-lean", "plain-lean-ckpt", "busloop", "busloop-defaults"):
+    for name in (
+        "plain", "plain-lean", "plain-lean-ckpt", "plain-lean-work", "busloop", "busloop-defaults"
+    ):  # fmt: skip
         timed = TimedBatches(workload.batches(2))
         CONTENDERS[name].fit(ctx, timed)
         assert len(timed.starts["cpu"]) == 6, name  # fetches counted across the 3 epochs
     saved = torch.load(tmp_path / "plain-lean.ckpt", weights_only=True)  # the hand-written save
     assert saved["epoch"] == 2 and set(saved) == {"epoch", "model", "optimizer"}
+    by_hand = tmp_path / "plain-lean-work"  # the default set's work, by hand
+    rows = [json.loads(line) for line in (by_hand / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [0, 1, 2] and all("val/loss" in row for row in rows)
+    assert len((by_hand / "log.txt").read_text().splitlines()) == 3
+    best = list(by_hand.glob("*.ckpt"))
+    assert len(best) == 1, "the best checkpoint only, the previous one removed"
+    kept = torch.load(best[0], weights_only=True)
+    assert {"model", "optimizer", "rng", "global_step"} <= set(kept)
+    python_state, numpy_state = pickle.loads(kept["rng"]["python_numpy"])  # our own file
+    assert python_state[0] == 3 and numpy_state[0] == "MT19937"
     runs = tmp_path / "busloop-runs"
     assert any(p.suffix == ".ckpt" for p in runs.rglob("*")), "the default set writes checkpoints"
     assert any("metrics" in p.name for p in runs.rglob("*")), "the local tracker writes metrics"

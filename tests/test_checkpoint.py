@@ -13,15 +13,19 @@ import textwrap
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.checkpoint import (
     FORMAT_KEY,
     FORMAT_VERSION,
     CheckpointError,
+    check_weights_only_safe,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -749,3 +753,61 @@ def test_a_saved_file_holds_exactly_the_bytes_of_torch_save(tmp_path: Path, size
     torch.save(checkpoint, expected)
     assert path.read_bytes() == expected.getvalue()
     assert torch.equal(torch.load(path, weights_only=True)["big"], checkpoint["big"])
+
+
+def _check_item_by_item(value: Any, path: str = "") -> str | None:
+    """The content check written plainly, recursively and item by item in order (the oracle
+    for ``check_weights_only_safe``, which builds the key path only on the way out of an
+    error): the key path and problem of the first unsafe key or value, or None."""
+    scalars = (str, int, float, bool, complex, bytes, type(None))
+    leaves = (*scalars, torch.Tensor, torch.nn.Parameter, torch.Size, torch.dtype, torch.device)
+    if type(value) in leaves:
+        return None
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            if type(key) not in scalars and type(key) is not tuple:
+                return f"{path or '<checkpoint>'}: key {key!r} of {type(key)}"
+            step = key if isinstance(key, str) else repr(key)
+            found = _check_item_by_item(item, f"{path}.{step}" if path else step)
+            if found:
+                return found
+        return None
+    if type(value) in (list, tuple):
+        for index, item in enumerate(value):
+            found = _check_item_by_item(item, f"{path}[{index}]")
+            if found:
+                return found
+        return None
+    return f"{path or '<checkpoint>'}: {type(value)}"
+
+
+_leaf = st.one_of(
+    st.integers(), st.floats(allow_nan=False), st.text(max_size=3), st.none(), st.booleans(),
+    st.just(torch.zeros(1)), st.just(torch.Size([2])), st.just(torch.float32),
+    st.just(np.float32(1.0)), st.just(Opaque()), st.just(frozenset({1})), st.just({1, 2}),
+)  # fmt: skip
+_key = st.one_of(
+    st.text(max_size=3), st.integers(), st.tuples(st.integers()), st.just(frozenset({2})), st.just(Opaque())
+)  # fmt: skip
+_content = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(_key, inner, max_size=4),
+        st.dictionaries(st.text(max_size=2), inner, max_size=3).map(OrderedDict),
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_content)
+def test_the_content_check_names_the_first_problem_the_plain_walk_finds(content: Any) -> None:
+    expected = _check_item_by_item(content)
+    if expected is None:
+        check_weights_only_safe(content)
+        return
+    with pytest.raises(CheckpointError) as info:
+        check_weights_only_safe(content)
+    assert str(info.value).startswith(expected), (str(info.value), expected)
